@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import UserError
+
 __all__ = ["parse_count", "format_count"]
 
 _UNITS = {"": 1, "k": 10**3, "K": 10**3, "m": 10**6, "M": 10**6, "g": 10**9, "G": 10**9, "b": 10**9, "B": 10**9}
@@ -17,13 +19,13 @@ def parse_count(text: str | int, what: str = "size") -> int:
     else:
         match = _COUNT_RE.match(str(text).replace(",", "").replace("_", ""))
         if not match:
-            raise ValueError(
+            raise UserError(
                 f"{what} {text!r} is not a size: write a positive number with an optional k, M or G suffix, "
                 "e.g. 4.9M, 350k or 4900000"
             )
         value = round(float(match.group(1)) * _UNITS[match.group(2)])
     if value <= 0:
-        raise ValueError(f"{what} must be positive, got {text!r}")
+        raise UserError(f"{what} must be positive, got {text!r}")
     return value
 
 
