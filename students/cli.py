@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
-from .console import cli_entry, console, run, setup_logging
+from .console import ArgumentParser, cli_entry, console, run, setup_logging
 from .cost import cost_report
 from .errors import UserError
 from .registry import PRESETS, create, resolve
@@ -21,7 +21,7 @@ from .spec import format_spec
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="students", description="CIFAR-style residual students under 5M parameters.")
+    parser = ArgumentParser(prog="students", description="CIFAR-style residual students under 5M parameters.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the preset students with parameters and MACs")

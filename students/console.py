@@ -5,6 +5,7 @@ Only CLI modules import this; library code logs through ``logging`` and raises :
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import sys
@@ -17,7 +18,7 @@ from rich.markup import escape
 
 from .errors import UserError
 
-__all__ = ["console", "err_console", "cli_entry", "setup_logging", "EXIT_USAGE"]
+__all__ = ["ArgumentParser", "console", "err_console", "cli_entry", "setup_logging", "EXIT_USAGE"]
 
 EXIT_USAGE = 2  # same status argparse uses for bad arguments
 
@@ -26,12 +27,22 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to look, not the whole usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        err_console.print(f"[bold red]error:[/] {escape(self.prog)}: {escape(message)} (see {escape(self.prog)} --help)",
+                          soft_wrap=True)
+        raise SystemExit(EXIT_USAGE)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Route library logging through rich; hide third-party deprecation noise unless ``verbose``."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=verbose, show_time=False, markup=False)],
+        # Progress and information go to stdout; stderr carries only warnings and the one-line error.
+        handlers=[RichHandler(console=console, show_path=verbose, show_time=False, markup=False)],
         force=True,
     )
     for noisy in ("fvcore", "iopath", "timm", "PIL", "matplotlib"):

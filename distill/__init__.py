@@ -1,0 +1,1 @@
+"""Knowledge distillation: data, losses, training engine and CLI."""

@@ -1,0 +1,301 @@
+"""From a :class:`TrainConfig` to a finished run: data, the model to train, the teacher, the run directory.
+
+The teacher of ``distill run`` comes from ``--teacher-ckpt`` (a checkpoint or a run directory), else from
+the teacher store (one finished ``distill teacher`` run per model, data and mode), else it is trained
+first with the same engine, announced with its estimated cost, and put in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import students
+import teachers
+from students.checkpoint import CheckpointError
+from students.errors import UserError
+
+from .config import TrainConfig
+from .data import ImageDataset, default_cache_dir, load_dataset
+from .engine import (
+    BEST_CKPT,
+    CONFIG_FILE,
+    LAST_CKPT,
+    SUMMARY_FILE,
+    Reporter,
+    Run,
+    evaluate,
+    fit,
+    load_resume_state,
+    prepare_run_dir,
+    resolve_device,
+)
+
+__all__ = [
+    "load_data",
+    "build_trainee",
+    "resolve_teacher",
+    "run_training",
+    "teacher_store_dir",
+    "find_checkpoint",
+    "estimate_train_seconds",
+]
+
+_logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def load_data(cfg: TrainConfig, progress: ProgressFn | None = None) -> ImageDataset:
+    """The run's data: decoded (or cached), optionally subset, optionally with a validation split."""
+    data = load_dataset(cfg.data, download=True, progress=progress)
+    if cfg.train_subset or cfg.test_subset:
+        data = data.subset(train=cfg.train_subset, test=cfg.test_subset, seed=cfg.seed)
+    if cfg.val_split:
+        if cfg.val_split >= data.train_labels.numel():
+            raise UserError(
+                f"--val-split {cfg.val_split} leaves no training images (only {data.train_labels.numel()})"
+            )
+        data = data.split_validation(cfg.val_split, seed=cfg.seed)
+    if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
+        raise UserError(f"--num-classes {cfg.num_classes} but the data has {data.num_classes} classes")
+    return data
+
+
+def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
+    """The model a run trains (a student, or the teacher for ``distill teacher``), its architecture, and
+    the input adapter an upsample-mode teacher trains behind (None otherwise)."""
+    if cfg.kind == "teacher":
+        name = cfg.teacher
+        if _is_student_name(name):
+            model = students.create(name, num_classes=data.num_classes)
+            return model, students.student_arch(model), None
+        mode = cfg.teacher_mode or teachers.default_mode(name)
+        model = teachers.create_teacher(
+            name, data.num_classes, mode=mode, pretrained=cfg.teacher_pretrained, weights=cfg.teacher_weights,
+            input_size=data.image_size,
+        )
+        arch = teachers.teacher_arch(name, data.num_classes, mode, data.image_size)
+        adapter = teachers.InputAdapter(resize_to=arch["resize_to"]) if arch.get("resize_to") else None
+        return model, arch, adapter
+    model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
+    return model, students.student_arch(model), None
+
+
+def check_names(cfg: TrainConfig) -> None:
+    """Fail fast, before any data is decoded, on a malformed student or an unknown teacher name."""
+    if cfg.kind == "run":
+        students.resolve(cfg.student)
+    if cfg.teacher:
+        teachers.default_mode(cfg.teacher)  # raises TeacherError with close matches for unknown names
+
+
+def _is_student_name(name: str) -> bool:
+    try:
+        students.resolve(name)
+        return True
+    except students.SpecError:
+        return False
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST_CKPT, LAST_CKPT):
+            if (path / name).exists():
+                return path / name
+        raise CheckpointError(f"{path} holds no checkpoint ({BEST_CKPT} or {LAST_CKPT}); pass a run directory or .pt file")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def _data_key(cfg: TrainConfig, data: ImageDataset) -> str:
+    ident = {
+        "data": os.path.abspath(cfg.data) if os.path.exists(cfg.data) else cfg.data,
+        "train_subset": cfg.train_subset,
+        "test_subset": cfg.test_subset,
+        "val_split": cfg.val_split,
+        "classes": list(data.classes),
+        "size": data.image_size,
+    }
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def teacher_store_dir(cfg: TrainConfig, data: ImageDataset, root: str | Path | None = None) -> Path:
+    """Where the stored teacher for (teacher model, data, mode) lives."""
+    root = Path(root) if root is not None else Path(os.environ.get("DISTILL_TEACHERS", default_cache_dir() / "teachers"))
+    mode = cfg.teacher_mode or ("cifar" if _is_student_name(cfg.teacher) else teachers.default_mode(cfg.teacher))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.teacher)
+    return root / f"{safe}__{mode}__{_data_key(cfg, data)}"
+
+
+def estimate_train_seconds(model: nn.Module, cfg: TrainConfig, data: ImageDataset, steps: int = 3) -> float:
+    """Seconds to train ``model`` for ``cfg.epochs`` epochs, extrapolated from a few timed steps."""
+    device = resolve_device(cfg.device)
+    model = model.to(device).train()
+    batch = min(cfg.batch_size, data.train_labels.numel())
+    x = torch.randn(batch, 3, data.image_size, data.image_size, device=device)
+    y = torch.randint(0, data.num_classes, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: timing only, the weights do not move
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    times = []
+    for i in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first step pays one-off costs
+            times.append(time.perf_counter() - start)
+    model.load_state_dict(state)  # BN running statistics moved during timing
+    per_image = sorted(times)[len(times) // 2] / batch
+    return per_image * data.train_labels.numel() * cfg.epochs
+
+
+def _frozen(model: nn.Module, arch: dict[str, Any], ckpt: dict[str, Any], data: ImageDataset) -> nn.Module:
+    """Wrap a loaded teacher: inputs re-normalised from the student's statistics to those it was trained
+    with (recorded in its checkpoint), and resized on the device in ``upsample`` mode."""
+    meta = ckpt.get("meta", {})
+    resize_to = None
+    if arch.get("family") == "timm" and arch.get("mode") == "upsample":
+        resize_to = int(arch.get("resize_to") or 224)
+    return teachers.FrozenTeacher(
+        model, student_mean=data.mean, student_std=data.std,
+        teacher_mean=tuple(meta.get("data_mean", data.mean)), teacher_std=tuple(meta.get("data_std", data.std)),
+        resize_to=resize_to,
+    )
+
+
+def load_teacher_checkpoint(cfg: TrainConfig, data: ImageDataset, path: str | Path) -> nn.Module:
+    """A frozen teacher from a checkpoint or run directory, checked against ``--teacher`` and the data."""
+    ckpt_path = find_checkpoint(path)
+    model, ckpt = teachers.load_model(ckpt_path)
+    arch = ckpt["arch"]
+    recorded = arch.get("name") or arch.get("spec")
+    wanted = cfg.teacher
+    if _is_student_name(wanted):
+        wanted = students.format_spec(students.resolve(wanted))
+    if recorded != wanted:
+        raise UserError(f"--teacher-ckpt {ckpt_path} holds a {recorded}, not a {cfg.teacher}; fix --teacher or the path")
+    if int(arch.get("num_classes", -1)) != data.num_classes:
+        raise UserError(
+            f"teacher checkpoint {ckpt_path} has {arch.get('num_classes')} classes but the data has "
+            f"{data.num_classes}; train a teacher on this data with `distill teacher`"
+        )
+    return _frozen(model, arch, ckpt, data)
+
+
+def resolve_teacher(
+    cfg: TrainConfig, data: ImageDataset, reporter: Reporter, *, store_root: str | Path | None = None,
+    make_reporter: Callable[[str], Reporter] | None = None,
+) -> tuple[nn.Module, str]:
+    """The frozen teacher for a ``distill run`` and a line saying where it came from."""
+    if cfg.teacher_ckpt:
+        return load_teacher_checkpoint(cfg, data, cfg.teacher_ckpt), f"checkpoint {cfg.teacher_ckpt}"
+    store = teacher_store_dir(cfg, data, store_root)
+    if (store / BEST_CKPT).exists() and _complete(store):
+        return load_teacher_checkpoint(cfg, data, store), f"stored teacher {store}"
+    teacher_cfg = TrainConfig(
+        kind="teacher", teacher=cfg.teacher, teacher_mode=cfg.teacher_mode, teacher_pretrained=cfg.teacher_pretrained,
+        teacher_weights=cfg.teacher_weights, data=cfg.data, train_subset=cfg.train_subset,
+        test_subset=cfg.test_subset, val_split=cfg.val_split, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        lr=cfg.lr if cfg.optimizer == "sgd" else 0.1, optimizer="sgd", label_smoothing=0.1, mixup=cfg.mixup,
+        cutmix=cfg.cutmix, mix_prob=cfg.mix_prob, device=cfg.device, amp=cfg.amp, seed=cfg.seed,
+        channels_last=cfg.channels_last, compile=cfg.compile,
+    )
+    model, _, adapter = build_trainee(teacher_cfg, data)
+    seconds = estimate_train_seconds(model if adapter is None else nn.Sequential(adapter, model), teacher_cfg, data)
+    reporter.message(
+        f"no stored teacher for {cfg.teacher} on this data: training one first ({teacher_cfg.epochs} epochs, "
+        f"{students.count_params(model):,} params, estimated {_duration(seconds)} on "
+        f"{resolve_device(cfg.device).type}); it will be stored in {store}"
+    )
+    resume = store.exists() and (store / LAST_CKPT).exists()
+    run_training(teacher_cfg, store, resume=resume, reporter=make_reporter("teacher") if make_reporter else reporter)
+    return load_teacher_checkpoint(cfg, data, store), f"trained and stored teacher {store}"
+
+
+def _complete(run_dir: Path) -> bool:
+    try:
+        return bool(json.loads((run_dir / SUMMARY_FILE).read_text()).get("complete"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def run_training(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    reporter: Reporter,
+    progress: ProgressFn | None = None,
+    stop_after: int | None = None,
+    make_reporter: Callable[[str], Reporter] | None = None,
+    epochs_override: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) ``distill run`` / ``distill teacher`` into ``run_dir``; return the summary."""
+    run_dir = Path(run_dir)
+    checkpoint = None
+    if resume:
+        saved_cfg, checkpoint = load_resume_state(run_dir)
+        if epochs_override is not None and epochs_override != saved_cfg.epochs:
+            saved_cfg = saved_cfg.replace(epochs=epochs_override)
+            saved_cfg.save(run_dir / CONFIG_FILE)
+        cfg = saved_cfg
+    check_names(cfg)
+    if not resume:
+        _check_out(run_dir)
+    data = load_data(cfg, progress)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
+    model, arch, adapter = build_trainee(cfg, data)
+    teacher = None
+    teacher_top1 = None
+    extra: dict[str, Any] = {"classes": list(data.classes)}
+    if cfg.uses_teacher:
+        teacher, source = resolve_teacher(cfg, data, reporter, make_reporter=make_reporter)
+        reporter.message(f"teacher: {source}")
+        extra["teacher_source"] = source
+        if checkpoint is not None:
+            teacher_top1 = checkpoint["meta"].get("teacher_top1")
+    if not resume:
+        prepare_run_dir(run_dir, cfg)
+    run = Run(model=model, arch=arch, teacher=teacher, teacher_top1=teacher_top1, extra_summary=extra,
+              input_adapter=adapter)
+    return fit(cfg, run, data, run_dir, resume=checkpoint, reporter=reporter, stop_after=stop_after)
+
+
+def _check_out(run_dir: Path) -> None:
+    """Refuse an --out that already holds a run before any work is done (nothing is overwritten)."""
+    if (run_dir / CONFIG_FILE).exists() or (run_dir / LAST_CKPT).exists():
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+
+
+def quick_top1(model: nn.Module, data: ImageDataset, device: str = "auto") -> float:
+    """Test top-1 (percent) of ``model`` on ``data`` with the device loader."""
+    from .data import DeviceLoader
+
+    dev = resolve_device(device)
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size=500, mean=data.mean, std=data.std,
+                          train=False, device=dev)
+    return evaluate(model.to(dev), loader, device=dev)["top1"]

@@ -1,0 +1,58 @@
+"""The seed reports' training recipes, by name: ``distill run --recipe seed000``.
+
+Each recipe is the report's optimiser, learning rate, schedule, epochs, batch size and augmentation on its
+preset student (``students.PRESETS``). Where a report leaves a value out, the choice made here is marked
+"not stated" with the reason for the value picked. Flags given beside ``--recipe`` override it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from students.errors import UserError
+from students.spec import suggest
+
+__all__ = ["RECIPES", "recipe_overrides"]
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Report 000: Adadelta, lr 0.01, weight decay 1e-4, cosine with warm restarts, 300 epochs, crop + flip.
+    # Not stated: batch size (128 chosen, the pytorch-cifar default the report builds on), T_0 and T_mult
+    # (10 and 2: restarts after 10, 30, 70, 150 and 310 epochs).
+    "seed000": dict(
+        student="seed000", optimizer="adadelta", lr=0.01, weight_decay=1e-4, schedule="sgdr", sgdr_t0=10,
+        sgdr_mult=2, warmup_epochs=0.0, epochs=300, batch_size=128, crop_padding=4, flip=True,
+    ),
+    # Report 001: SGD, weight decay 1e-4, cosine annealing, 100 epochs, batch 20, CutMix or MixUp per batch.
+    # Not stated: lr and momentum (0.02 with momentum 0.9: 0.1 per 128 images scaled to batch 20 is
+    # 0.016), mixing strengths (alpha 1.0 for both, timm's usual choice).
+    "seed001": dict(
+        student="seed001", optimizer="sgd", lr=0.02, momentum=0.9, nesterov=False, weight_decay=1e-4,
+        schedule="cosine", warmup_epochs=0.0, epochs=100, batch_size=20, mixup=1.0, cutmix=1.0, mix_prob=1.0,
+    ),
+    # Report 002: SGD with a cosine schedule, 80+ epochs, flips. Not stated: lr (0.1, the peak its log
+    # shows), batch (64, its exploration runs), weight decay (5e-4), momentum (0.9).
+    "seed002": dict(
+        student="seed002", optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+        schedule="cosine", warmup_epochs=0.0, epochs=80, batch_size=64, crop_padding=4, flip=True,
+    ),
+    # Report 003: SGD momentum 0.9, weight decay 5e-4, MultiStepLR gamma 0.1, 200 epochs, batch 100.
+    # Not stated: lr (0.1) and milestones (epochs 100 and 150, the pytorch-cifar convention).
+    "seed003": dict(
+        student="seed003", optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+        schedule="multistep", milestones=(100.0, 150.0), gamma=0.1, warmup_epochs=0.0, epochs=200,
+        batch_size=100, crop_padding=4, flip=True,
+    ),
+    # Report 004: Adam, cosine decay, 200 epochs, batch 32, mixup. Not stated: lr (1e-3, Adam's default
+    # and the Keras example's), weight decay (0), mixup alpha (0.2, Zhang et al.'s CIFAR setting).
+    "seed004": dict(
+        student="seed004", optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine", warmup_epochs=0.0,
+        epochs=200, batch_size=32, mixup=0.2, mix_prob=1.0, crop_padding=4, flip=True,
+    ),
+}
+
+
+def recipe_overrides(name: str) -> dict[str, Any]:
+    """The settings of recipe ``name``; :class:`UserError` with a suggestion for an unknown name."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}{suggest(name, list(RECIPES))}")
+    return {**RECIPES[name], "recipe": name}

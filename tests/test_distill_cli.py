@@ -1,0 +1,207 @@
+"""``distill teacher``, ``distill run`` and ``distill eval`` end to end on real CIFAR-10 images (CPU, tiny nets)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import students
+from distill.cli import main
+from distill.config import TrainConfig
+from distill.recipes import RECIPES, recipe_overrides
+
+TINY_TEACHER = "r2_11_c8-16"
+TINY_STUDENT = "r1_1_c8"
+COMMON = ["--epochs", "2", "--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--seed", "3"]
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert fragment in err, err
+
+
+@pytest.fixture(scope="module")
+def teacher_run(cifar_subset_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    code = main(["teacher", "--teacher", TINY_TEACHER, "--data", str(cifar_subset_dir), *COMMON, "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_teacher_then_run_then_eval(capsys, cifar_subset_dir: Path, teacher_run: Path, tmp_path: Path) -> None:
+    t_summary = json.loads((teacher_run / "summary.json").read_text())
+    assert t_summary["kind"] == "teacher" and t_summary["complete"] and 0 <= t_summary["top1_last"] <= 100
+
+    out = tmp_path / "student"
+    code, stdout, err = _cli(
+        capsys, "run", "--teacher", TINY_TEACHER, "--teacher-ckpt", teacher_run, "--student", TINY_STUDENT,
+        "--data", cifar_subset_dir, *COMMON, "--mixup", "0.2", "--cutmix", "1.0", "--label-smoothing", "0.1",
+        "--out", out,
+    )
+    assert code == 0, err
+    assert f"top-1 {t_summary['top1_best']:.2f}%" in stdout  # the teacher's accuracy is shown before KD
+
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "summary.json"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["student"] == TINY_STUDENT and config["teacher"] == TINY_TEACHER and config["mixup"] == 0.2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        for key in ("train_loss", "train_ce", "train_kd", "lr", "train_top1", "test_top1", "ema_top1",
+                    "train_img_s", "seconds"):
+            assert key in r, key
+        assert r["train_img_s"] > 0 and 0 <= r["test_top1"] <= 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["student"] == TINY_STUDENT
+    assert summary["num_params"] == students.count_params(students.create(TINY_STUDENT))
+    assert summary["flops"] == 2 * summary["macs"] > 0
+    assert summary["teacher"] == TINY_TEACHER and summary["teacher_top1"] == pytest.approx(t_summary["top1_best"])
+    assert summary["top1_last"] == pytest.approx(records[-1]["test_top1"])
+    for key in ("top1_best", "top1_ema", "top1_tta", "wall_s", "device", "git_commit"):
+        assert summary[key] is not None, key
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(out / name, weights_only=True)
+        assert ckpt["arch"]["spec"] == TINY_STUDENT
+    assert "optimizer" in torch.load(out / "last.pt", weights_only=True)
+
+    code, stdout, err = _cli(capsys, "eval", out / "best.pt", "--data", cifar_subset_dir, "--device", "cpu")
+    assert code == 0, err
+    assert "airplane" in stdout and "precision" in stdout and "top-1" in stdout
+    model, _ = students.load_checkpoint(out / "best.pt")
+    assert f"top-1: {summary['top1_best']:.2f}%" in stdout
+
+
+def test_resume_matches_uninterrupted_run(capsys, cifar_subset_dir: Path, teacher_run: Path, tmp_path: Path) -> None:
+    args = ["run", "--teacher", TINY_TEACHER, "--teacher-ckpt", teacher_run, "--student", TINY_STUDENT,
+            "--data", cifar_subset_dir, "--epochs", "3", "--batch-size", "50", "--device", "cpu", "--mixup", "0.4",
+            "--cutmix", "1.0", "--lr", "0.05"]
+    assert _cli(capsys, *args, "--out", tmp_path / "whole")[0] == 0
+    assert _cli(capsys, *args, "--out", tmp_path / "split", "--stop-after", "1")[0] == 0
+    partial = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert not partial["complete"] and partial["epochs_done"] == 1
+    code, _, err = _cli(capsys, "run", "--resume", tmp_path / "split")
+    assert code == 0, err
+
+    def metrics(name: str) -> list[dict]:
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    whole, split = metrics("whole"), metrics("split")
+    assert len(whole) == len(split) == 3
+    for a, b in zip(whole, split):
+        for key in ("train_loss", "train_kd", "test_top1", "ema_top1", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
+    wa = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "split" / "last.pt", weights_only=True)["state_dict"]
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_stored_teacher_is_trained_once_and_reused(capsys, cifar_subset_dir: Path, tmp_path: Path) -> None:
+    args = ["run", "--teacher", "r1_1_c4", "--student", "r1_1_c4", "--data", cifar_subset_dir, "--epochs", "1",
+            "--batch-size", "100", "--device", "cpu"]
+    code, out, err = _cli(capsys, *args, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "training one first" in out and "estimated" in out
+    code, out, err = _cli(capsys, *args, "--out", tmp_path / "b")
+    assert code == 0, err
+    assert "stored teacher" in out and "training one first" not in out
+
+
+def test_bad_input_gets_one_line_and_exit_2(capsys, cifar_subset_dir: Path, teacher_run: Path, tmp_path: Path) -> None:
+    data = ["--data", str(cifar_subset_dir), "--epochs", "1", "--device", "cpu"]
+    code, _, err = _cli(capsys, "run", "--teacher", "resnet5O", "--student", TINY_STUDENT, *data, "--out", tmp_path / "x")
+    _one_line_error(code, err, "resnet50")
+    code, _, err = _cli(capsys, "run", "--student", "r4_332", *data, "--out", tmp_path / "x")
+    _one_line_error(code, err, "block-count")
+    code, _, err = _cli(capsys, "run", "--student", "r4_3323", "--max-params", "1M", *data, "--out", tmp_path / "x")
+    _one_line_error(code, err, "over the budget")
+    code, _, err = _cli(capsys, "run", "--student", TINY_STUDENT, "--data", tmp_path / "nope", "--out", tmp_path / "x")
+    _one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "x").exists()  # nothing was written for any of the above
+
+    # A teacher trained for another number of classes.
+    other = tmp_path / "c3"
+    students.save_checkpoint(other, students.create(TINY_TEACHER, num_classes=3))
+    code, _, err = _cli(capsys, "run", "--teacher", TINY_TEACHER, "--teacher-ckpt", other, "--student",
+                        TINY_STUDENT, *data, "--out", tmp_path / "x")
+    _one_line_error(code, err, "3 classes")
+    # A truncated checkpoint.
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((teacher_run / "best.pt").read_bytes()[:300])
+    code, _, err = _cli(capsys, "run", "--teacher", TINY_TEACHER, "--teacher-ckpt", broken, "--student",
+                        TINY_STUDENT, *data, "--out", tmp_path / "x")
+    _one_line_error(code, err, "corrupt")
+    code, _, err = _cli(capsys, "eval", broken, "--data", cifar_subset_dir)
+    _one_line_error(code, err, "corrupt")
+    # --resume on a directory with no checkpoint, and --out onto an existing run.
+    (tmp_path / "empty").mkdir()
+    code, _, err = _cli(capsys, "run", "--resume", tmp_path / "empty")
+    _one_line_error(code, err, "not a run directory")
+    before = (teacher_run / "config.json").read_text()
+    code, _, err = _cli(capsys, "teacher", "--teacher", TINY_TEACHER, *data, "--out", teacher_run)
+    _one_line_error(code, err, "already holds a run")
+    assert (teacher_run / "config.json").read_text() == before
+    with pytest.raises(SystemExit) as exit_info:  # argparse rejects unknown choices itself, in one line
+        main(["run", "--recipe", "seed009", *data])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "seed009" in err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, cifar_subset_dir: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    import distill.engine as engine
+
+    real = engine.build_loss
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls = {"n": 0}
+
+        def forward(student, teacher, targets):
+            calls["n"] += 1
+            parts = type(loss).forward(loss, student, teacher, targets)
+            if calls["n"] > 6:  # 6 steps per epoch: the second epoch goes bad
+                parts["loss"] = parts["loss"] * float("nan")
+            return parts
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(engine, "build_loss", poisoned)
+    out = tmp_path / "nan"
+    code, _, err = _cli(capsys, "run", "--student", TINY_STUDENT, "--data", cifar_subset_dir, "--epochs", "3",
+                        "--batch-size", "50", "--device", "cpu", "--out", out)
+    _one_line_error(code, err, "loss became nan")
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["meta"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_resolves(name: str) -> None:
+    cfg = TrainConfig(**recipe_overrides(name), kind="run")
+    assert cfg.recipe == name
+    model = students.create(cfg.student)
+    assert students.count_params(model) > 0
+    assert cfg.student == name  # each recipe trains its own report's preset student
+
+
+def test_flags_override_recipe() -> None:
+    from distill.cli import _config_from_args, _parser
+
+    args = _parser().parse_args(["run", "--recipe", "seed003", "--epochs", "5", "--teacher", "resnet18"])
+    cfg = _config_from_args(args, "run")
+    assert cfg.epochs == 5 and cfg.optimizer == "sgd" and cfg.schedule == "multistep" and cfg.student == "seed003"
+    assert cfg.teacher == "resnet18"
