@@ -82,14 +82,23 @@ def measure_device_loader(dataset: ImageDataset, *, batch_size: int, epochs: int
     next(iter(loader))
     synchronize(device)
     images = 0
+    epoch_images_per_s = []  # per epoch too: a dip in one epoch points at another process on the machine
     started = time.perf_counter()
     for epoch in range(epochs):
+        epoch_started, epoch_images = time.perf_counter(), 0
         loader.set_epoch(epoch)
         for _images, labels in loader:
-            images += len(labels)
-    synchronize(device)
+            epoch_images += len(labels)
+        synchronize(device)
+        epoch_images_per_s.append(epoch_images / (time.perf_counter() - epoch_started))
+        images += epoch_images
     seconds = time.perf_counter() - started
-    return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
+    return {
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / seconds,
+        "epoch_images_per_s": epoch_images_per_s,
+    }
 
 
 def measure_torchvision(
@@ -218,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        # Other processes skew both figures; the 1-minute load average at the end says how busy the machine was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "command": "python " + shlex.join(sys.argv),

@@ -41,17 +41,21 @@ def _add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     model.add_argument("--teacher-pretrained", action="store_true", default=S,
                        help="start from timm's pretrained weights (needs network, or --teacher-weights)")
     model.add_argument("--teacher-weights", default=S, help="local pretrained state dict for the teacher")
-    if kind == "run":
+    if kind in ("run", "prune"):  # prune: the fine-tuning run's settings (its student comes from SOURCE)
         model.add_argument("--teacher-ckpt", default=S, help="teacher checkpoint file or run directory")
+    if kind == "run":
         model.add_argument("--student", default=S, help="student spec or preset" + _default("student"))
         model.add_argument("--max-params", default=S, help="fail if the student is bigger, e.g. 5M")
         model.add_argument("--recipe", choices=sorted(RECIPES), default=S,
                            help="a seed report's recipe and student; other flags override it")
+    if kind in ("run", "prune"):
         kd = p.add_argument_group("distillation")
         kd.add_argument("--kd-loss", choices=KD_LOSS_NAMES, default=S, help="logit distillation loss" + _default("kd_loss"))
-        kd.add_argument("--temperature", type=float, default=S, help="softmax temperature T" + _default("temperature"))
+        kd.add_argument("--temperature", type=float, default=S,
+                        help="softmax temperature T (default: the loss's own: kd 4, dkd 4, dist 1)")
         kd.add_argument("--alpha", type=float, default=S,
-                        help="weight of the distillation term; cross-entropy gets 1 - alpha" + _default("alpha"))
+                        help="weight of the distillation term; cross-entropy gets 1 - alpha "
+                             "(default: the loss's own: kd 0.9; dkd and dist weigh CE 1 + KD 1)")
     data = p.add_argument_group("data")
     data.add_argument("--data", default=S, help="cifar10, cifar100, an ImageFolder tree, a cifar-10-batches-py "
                       "folder or a .tar.gz of an ImageFolder tree" + _default("data"))
@@ -281,7 +285,7 @@ def _eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if ckpt["arch"].get("family") == "timm" and ckpt["arch"].get("mode") == "upsample":
         model = teachers.FrozenTeacher(model, student_mean=mean, student_std=std, teacher_mean=mean,
-                                       teacher_std=std, resize_to=int(ckpt["arch"].get("input_size") or 224))
+                                       teacher_std=std, resize_to=int(ckpt["arch"].get("resize_to") or 224))
     loader = DeviceLoader(data.test_images, data.test_labels, batch_size=args.batch_size, mean=mean, std=std,
                           train=False, device=device)
     logits, labels = predict(model.to(device), loader, device=device, tta=args.tta)

@@ -41,6 +41,7 @@ class TrainConfig:
     student: str = "r4_3323"
     num_classes: int | None = None  # None: taken from the data
     max_params: int | None = None
+    init_ckpt: str | None = None  # start from this student checkpoint (architecture and weights): pruned runs
     teacher: str | None = None
     teacher_ckpt: str | None = None
     teacher_mode: str | None = None  # None: the teacher's default (cifar for CNNs)
@@ -67,8 +68,8 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the run (or epochs if > 1)
     gamma: float = 0.1
     kd_loss: str = "kd"
-    temperature: float = 4.0
-    alpha: float = 0.9  # weight of the distillation term; cross-entropy gets 1 - alpha
+    temperature: float | None = None  # None: the loss's published default (kd 4, dkd 4, dist 1)
+    alpha: float | None = None  # weight of the distillation term, CE gets 1 - alpha; None: the loss's default
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Beta(a, a) for MixUp; 0 = off
     cutmix: float = 0.0  # Beta(a, a) for CutMix; 0 = off
@@ -102,11 +103,11 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
         for name in ("alpha", "label_smoothing", "mix_prob", "min_lr_ratio"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
         if self.label_smoothing >= 1.0:
             raise ConfigError("--label-smoothing must be below 1")

@@ -54,6 +54,7 @@ _logger = logging.getLogger(__name__)
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "metrics.jsonl", "summary.json"
 LAST_CKPT, BEST_CKPT = "last.pt", "best.pt"
+PRUNE_RECORD = "prune.json"  # written by `prune` beside a pruned student's fine-tuning run
 LOG_EVERY_STEPS = 10  # host synchronisations for progress and NaN checks happen only this often
 
 
@@ -175,6 +176,7 @@ def train_one_epoch(
     ema: Any | None = None,
     amp: bool = True,
     reporter: Reporter | None = None,
+    after_backward: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: mix once per batch, the same images to teacher and student, one step each.
 
@@ -201,6 +203,8 @@ def train_one_epoch(
             parts = loss_fn(logits.float(), None if teacher_logits is None else teacher_logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
+        if after_backward is not None:  # e.g. a sparsity regulariser adding to the gradients before the step
+            after_backward(model)
         optimizer.step()
         if ema is not None:
             ema.update(model, step=step)
@@ -240,6 +244,7 @@ class Run:
     teacher_top1: float | None = None
     extra_summary: dict[str, Any] = field(default_factory=dict)
     input_adapter: nn.Module | None = None  # e.g. resizing for an upsample-mode teacher; has no weights
+    after_backward: Callable[[nn.Module], None] | None = None  # called between backward and the step
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -325,8 +330,8 @@ def fit(
     )
     steps_per_epoch = len(train_loader)
     optimizer = build_optimizer(model, cfg)
-    loss_fn = build_loss(  # without a teacher every loss reduces to (label-smoothed) cross-entropy
-        cfg.kd_loss if run.teacher is not None else "kd",
+    loss_fn = build_loss(  # without a teacher: (label-smoothed) cross-entropy
+        cfg.kd_loss if run.teacher is not None else "ce",
         temperature=cfg.temperature, kd_weight=cfg.alpha, label_smoothing=cfg.label_smoothing,
     )
     mixer = BatchMixer(
@@ -385,11 +390,13 @@ def fit(
             break
         _seed_epoch(cfg.seed, epoch)
         train_loader.set_epoch(epoch)
+        loss_fn.set_epoch(epoch)  # DKD's warm-up of the distillation term
         epoch_start = time.perf_counter()
         reporter.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
         stats = train_one_epoch(
             train_model, train_loader, loss_fn=loss_fn, optimizer=optimizer, lr_fn=lr_fn, first_step=step,
             device=device, teacher=teacher, mixer=mixer, ema=ema, amp=cfg.amp, reporter=reporter,
+            after_backward=run.after_backward,
         )
         step = int(stats.pop("steps"))
         record: dict[str, Any] = {"epoch": epoch + 1, **stats}
@@ -422,7 +429,7 @@ def fit(
 
     done = bool(records) and records[-1]["epoch"] == cfg.epochs
     summary = _summary(cfg, run, forward_model, ema, test_loader, records, device, teacher_top1, best_top1,
-                       elapsed_before + time.perf_counter() - session_start, done, data)
+                       elapsed_before + time.perf_counter() - session_start, done, data, loss_fn)
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
@@ -439,7 +446,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _summary(cfg, run, model, ema, test_loader, records, device, teacher_top1, best_top1, wall_s, done, data):
+def _summary(cfg, run, model, ema, test_loader, records, device, teacher_top1, best_top1, wall_s, done, data,
+             loss_fn):
     cost = students.cost_report(_unwrap(model))
     last = records[-1] if records else {}
     tta_top1 = None
@@ -465,7 +473,8 @@ def _summary(cfg, run, model, ema, test_loader, records, device, teacher_top1, b
         "eval_set": eval_label(cfg, data),
         "teacher": cfg.teacher if cfg.uses_teacher else None,
         "teacher_top1": teacher_top1 if cfg.uses_teacher else None,
-        "kd": {"loss": cfg.kd_loss, "temperature": cfg.temperature, "alpha": cfg.alpha} if cfg.uses_teacher else None,
+        "kd": {"loss": cfg.kd_loss, "temperature": loss_fn.temperature, "alpha": loss_fn.kd_weight,
+               "ce_weight": loss_fn.ce_weight} if cfg.uses_teacher else None,
         "mixing": {"mixup": cfg.mixup, "cutmix": cfg.cutmix, "prob": cfg.mix_prob},
         "train_img_s": float(np.median(train_rates)) if train_rates else None,
         "wall_s": wall_s,

@@ -30,6 +30,7 @@ from .engine import (
     BEST_CKPT,
     CONFIG_FILE,
     LAST_CKPT,
+    PRUNE_RECORD,
     SUMMARY_FILE,
     Reporter,
     Run,
@@ -87,7 +88,12 @@ def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict
         arch = teachers.teacher_arch(name, data.num_classes, mode, data.image_size)
         adapter = teachers.InputAdapter(resize_to=arch["resize_to"]) if arch.get("resize_to") else None
         return model, arch, adapter
-    model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
+    if cfg.init_ckpt:
+        model, _ = students.load_checkpoint(cfg.init_ckpt)
+        if model.num_classes != data.num_classes:
+            raise UserError(f"{cfg.init_ckpt} has {model.num_classes} classes but the data has {data.num_classes}")
+    else:
+        model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
     return model, students.student_arch(model), None
 
 
@@ -253,6 +259,7 @@ def run_training(
     stop_after: int | None = None,
     make_reporter: Callable[[str], Reporter] | None = None,
     epochs_override: int | None = None,
+    after_backward: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``distill run`` / ``distill teacher`` into ``run_dir``; return the summary."""
     run_dir = Path(run_dir)
@@ -272,6 +279,8 @@ def run_training(
     teacher = None
     teacher_top1 = None
     extra: dict[str, Any] = {"classes": list(data.classes)}
+    if (run_dir / PRUNE_RECORD).exists():  # a pruned student's fine-tuning run: keep what pruning did
+        extra["pruned"] = json.loads((run_dir / PRUNE_RECORD).read_text())
     if cfg.uses_teacher:
         teacher, source = resolve_teacher(cfg, data, reporter, make_reporter=make_reporter)
         reporter.message(f"teacher: {source}")
@@ -281,7 +290,7 @@ def run_training(
     if not resume:
         prepare_run_dir(run_dir, cfg)
     run = Run(model=model, arch=arch, teacher=teacher, teacher_top1=teacher_top1, extra_summary=extra,
-              input_adapter=adapter)
+              input_adapter=adapter, after_backward=after_backward)
     return fit(cfg, run, data, run_dir, resume=checkpoint, reporter=reporter, stop_after=stop_after)
 
 
