@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -310,6 +311,8 @@ def _eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 prints
+        console.quiet = True
     if args.command in ("run", "teacher"):
         return _train(args, args.command)
     return _eval(args)

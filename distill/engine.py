@@ -30,6 +30,7 @@ import students
 from students.checkpoint import atomic_save, load_file, save_checkpoint
 from students.errors import UserError
 
+from . import dist
 from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset
 from .losses import build_loss
@@ -86,6 +87,13 @@ class _Silent:
         pass
 
     def end_epoch(self, record: dict[str, Any]) -> None:
+        pass
+
+
+class _Null(_Silent):
+    """Ranks other than 0 report nothing."""
+
+    def message(self, text: str) -> None:
         pass
 
 
@@ -154,12 +162,19 @@ def predict(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp
 
 def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: bool = True,
              tta: bool = False) -> dict[str, float]:
-    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``."""
+    """Top-1 accuracy (percent) and mean cross-entropy of ``model`` over ``loader``.
+
+    Under torchrun each rank evaluates its shard of ``loader`` and the sums are all-reduced, so every rank
+    gets the figures for the whole set (every rank must call this).
+    """
     logits, labels = predict(model, loader, device=device, amp=amp, tta=tta)
-    return {
-        "top1": 100.0 * (logits.argmax(1) == labels).float().mean().item(),
-        "loss": nn.functional.cross_entropy(logits, labels).item(),
-    }
+    sums = torch.tensor([
+        (logits.argmax(1) == labels).sum().item(),
+        nn.functional.cross_entropy(logits, labels, reduction="sum").item() if labels.numel() else 0.0,
+        labels.numel(),
+    ], dtype=torch.float64, device=device if dist.info().backend == "nccl" else "cpu")
+    correct, loss_sum, count = dist.all_reduce_sum(sums).tolist()
+    return {"top1": 100.0 * correct / max(count, 1), "loss": loss_sum / max(count, 1)}
 
 
 def train_one_epoch(
@@ -215,7 +230,7 @@ def train_one_epoch(
         seen += labels.shape[0]
         step += 1
         if (i + 1) % LOG_EVERY_STEPS == 0 or i + 1 == len(loader):
-            loss_now = parts["loss"].item()
+            loss_now = dist.all_reduce_sum(parts["loss"].detach().float().clone()).item() / dist.info().world_size
             if not math.isfinite(loss_now):
                 raise TrainingDiverged(
                     f"loss became {loss_now} at step {step}; lower --lr or check the data. "
@@ -227,10 +242,16 @@ def train_one_epoch(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    n = len(loader)
-    stats = {f"train_{k}": (v / n).item() for k, v in sums.items()}
-    stats.update(train_top1=100.0 * correct.item() / max(seen, 1), train_seconds=seconds,
-                 train_img_s=seen / max(seconds, 1e-9), lr=lr_fn(step - 1), steps=step)
+    # Means over all ranks: per-rank sums of per-batch means, correct predictions and images, all-reduced.
+    keys = sorted(sums)
+    totals = torch.stack([sums[k] for k in keys] + [correct.float(), torch.tensor(float(seen), device=device)])
+    totals = dist.all_reduce_sum(totals.double().cpu() if dist.info().backend == "gloo" else totals.double())
+    world = dist.info().world_size
+    n = len(loader) * world
+    stats = {f"train_{k}": totals[j].item() / n for j, k in enumerate(keys)}
+    correct_all, seen_all = totals[-2].item(), totals[-1].item()
+    stats.update(train_top1=100.0 * correct_all / max(seen_all, 1), train_seconds=seconds,
+                 train_img_s=seen_all / max(seconds, 1e-9), lr=lr_fn(step - 1), steps=step)
     return stats
 
 
@@ -307,9 +328,12 @@ def fit(
     ``resume`` is the ``last.pt`` checkpoint of the same run (see :func:`load_resume_state`).
     ``stop_after`` ends this invocation after that many epochs, resumable later (for time-limited jobs).
     """
-    reporter = reporter or _Silent()
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
+    world = dist.setup(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    reporter = (reporter or _Silent()) if world.is_main else _Null()
     use_cl = cfg.channels_last and device.type == "cuda"
     model = run.model.to(device)
     if use_cl:
@@ -317,16 +341,17 @@ def fit(
     train_loader = DeviceLoader(
         data.train_images, data.train_labels, batch_size=cfg.batch_size, mean=data.mean, std=data.std, train=True,
         device=device, crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout, seed=cfg.seed,
-        channels_last=use_cl,
+        channels_last=use_cl, rank=world.rank, world_size=world.world_size,
     )
     if len(train_loader) == 0:
+        where = f" x {world.world_size} ranks" if world.distributed else ""
         raise UserError(
-            f"--batch-size {cfg.batch_size} is larger than the {data.train_labels.numel()} training images; "
-            "lower it"
+            f"--batch-size {cfg.batch_size}{where} is larger than the {data.train_labels.numel()} training images, "
+            "so an epoch has no full batch; lower --batch-size or use fewer processes"
         )
     test_loader = DeviceLoader(
         data.test_images, data.test_labels, batch_size=max(cfg.batch_size, 500), mean=data.mean, std=data.std,
-        train=False, device=device, channels_last=use_cl,
+        train=False, device=device, channels_last=use_cl, rank=world.rank, world_size=world.world_size,
     )
     steps_per_epoch = len(train_loader)
     optimizer = build_optimizer(model, cfg)
@@ -352,7 +377,14 @@ def fit(
         return net if adapter is None else nn.Sequential(adapter, net)
 
     forward_model = with_adapter(model)
-    train_model = torch.compile(forward_model) if cfg.compile else forward_model
+    train_model = forward_model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # The teacher is replicated on every rank, frozen and never wrapped: it has no gradients to average.
+        train_model = DistributedDataParallel(forward_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
 
     start_epoch, step, elapsed_before = 0, 0, 0.0
     best_top1, teacher_top1 = -1.0, run.teacher_top1
@@ -363,7 +395,10 @@ def fit(
         if ema is not None and resume.get("ema_state_dict") is not None:
             ema.module.load_state_dict(resume["ema_state_dict"])
         meta = resume["meta"]
-        start_epoch, step = int(meta["epoch"]), int(meta["step"])
+        # The step is recomputed from the epoch, so a checkpoint from N ranks resumes on M ranks (where an
+        # epoch has a different number of steps) on the same point of the schedule.
+        start_epoch = int(meta["epoch"])
+        step = start_epoch * steps_per_epoch
         elapsed_before, best_top1 = float(meta["elapsed_s"]), float(meta["best_top1"])
         teacher_top1 = meta.get("teacher_top1", teacher_top1)
         rng = resume.get("rng", {})
@@ -373,7 +408,8 @@ def fit(
             torch.cuda.set_rng_state(rng["cuda"], device)
         # Drop records of epochs that ran after the checkpoint (a kill between the two writes).
         records = [r for r in read_metrics(run_dir) if r["epoch"] <= start_epoch]
-        _write_metrics(run_dir, records)
+        if world.is_main:
+            _write_metrics(run_dir, records)
         reporter.message(f"resuming {run_dir} after epoch {start_epoch}/{cfg.epochs} (step {step})")
     elif teacher is not None and teacher_top1 is None:
         teacher_top1 = evaluate(teacher, test_loader, device=device, amp=cfg.amp)["top1"]
@@ -411,26 +447,31 @@ def fit(
         if improved:
             best_top1 = record["test_top1"]
         records.append(record)
-        _write_metrics(run_dir, records)
+        if world.is_main:
+            _write_metrics(run_dir, records)
         elapsed = elapsed_before + time.perf_counter() - session_start
         meta = {"epoch": epoch + 1, "step": step, "elapsed_s": elapsed, "best_top1": best_top1,
                 "teacher_top1": teacher_top1, "config": cfg.to_dict(),
                 # The normalisation the weights were trained with: a teacher re-normalises its inputs by it.
                 "data_mean": list(data.mean), "data_std": list(data.std), "classes": list(data.classes)}
-        if improved:
+        if improved and world.is_main:
             save_checkpoint(run_dir / BEST_CKPT, model, arch=run.arch, meta={**meta, "top1": best_top1})
-        save_checkpoint(
-            run_dir / LAST_CKPT, model, arch=run.arch, meta=meta, optimizer=optimizer.state_dict(),
-            ema_state_dict=None if ema is None else {k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
-            rng=_rng_state(device),
-        )
+        if world.is_main:
+            save_checkpoint(
+                run_dir / LAST_CKPT, model, arch=run.arch, meta={**meta, "world_size": world.world_size},
+                optimizer=optimizer.state_dict(), rng=_rng_state(device),
+                ema_state_dict=None if ema is None else {k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
+            )
         reporter.end_epoch(record)
         epochs_this_session += 1
 
     done = bool(records) and records[-1]["epoch"] == cfg.epochs
     summary = _summary(cfg, run, forward_model, ema, test_loader, records, device, teacher_top1, best_top1,
                        elapsed_before + time.perf_counter() - session_start, done, data, loss_fn)
-    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    summary["world_size"] = world.world_size
+    if world.is_main:
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    dist.barrier()  # nobody reads the run directory before rank 0 has written it
     return summary
 
 

@@ -24,6 +24,7 @@ import teachers
 from students.checkpoint import CheckpointError
 from students.errors import UserError
 
+from . import dist
 from .config import TrainConfig
 from .data import ImageDataset, default_cache_dir, load_dataset
 from .engine import (
@@ -230,6 +231,7 @@ def resolve_teacher(
         f"{students.count_params(model):,} params, estimated {_duration(seconds)} on "
         f"{resolve_device(cfg.device).type}); it will be stored in {store}"
     )
+    dist.barrier()  # every rank has looked at the store before rank 0 starts writing it
     resume = store.exists() and (store / LAST_CKPT).exists()
     run_training(teacher_cfg, store, resume=resume, reporter=make_reporter("teacher") if make_reporter else reporter)
     return load_teacher_checkpoint(cfg, data, store), f"trained and stored teacher {store}"
@@ -271,8 +273,10 @@ def run_training(
             saved_cfg.save(run_dir / CONFIG_FILE)
         cfg = saved_cfg
     check_names(cfg)
+    dist.setup(resolve_device(cfg.device).type)
     if not resume:
         _check_out(run_dir)
+    dist.barrier()  # every rank has checked --out before rank 0 creates it
     data = load_data(cfg, progress)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     model, arch, adapter = build_trainee(cfg, data)
@@ -287,8 +291,9 @@ def run_training(
         extra["teacher_source"] = source
         if checkpoint is not None:
             teacher_top1 = checkpoint["meta"].get("teacher_top1")
-    if not resume:
+    if not resume and dist.is_main():
         prepare_run_dir(run_dir, cfg)
+    dist.barrier()
     run = Run(model=model, arch=arch, teacher=teacher, teacher_top1=teacher_top1, extra_summary=extra,
               input_adapter=adapter, after_backward=after_backward)
     return fit(cfg, run, data, run_dir, resume=checkpoint, reporter=reporter, stop_after=stop_after)
