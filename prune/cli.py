@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ import students
 from distill.cli import RichReporter, _NON_CONFIG, _add_train_args, _decode_progress, _summary_table
 from distill.config import TrainConfig
 from distill.data import DeviceLoader
-from distill.engine import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, evaluate, resolve_device
+from distill.engine import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, atomic_write_json, evaluate, resolve_device
 from distill.pipeline import find_checkpoint, load_data, run_training
 from students.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
 from students.errors import UserError
@@ -42,6 +43,10 @@ from .core import (
 
 PRUNED_CKPT = "pruned.pt"
 BN_CALIBRATION_BATCHES = 50
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,11 +235,12 @@ def _prune(args: argparse.Namespace) -> int:
         "cost_before": cost_before.to_dict(),
         "cost_after": cost_after.to_dict(),
     }
-    out.mkdir(parents=True, exist_ok=True)  # only now: a target that cannot be met leaves nothing behind
-    students.save_checkpoint(out / PRUNED_CKPT, model.cpu(), meta={
-        "pruned": True, "data_mean": list(data.mean), "data_std": list(data.std), "classes": list(data.classes),
-        "top1": top1_recal})
-    (out / PRUNE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    if _rank() == 0:  # under torchrun every rank prunes identically; rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)  # only now: a target that cannot be met leaves nothing behind
+        students.save_checkpoint(out / PRUNED_CKPT, model.cpu(), meta={
+            "pruned": True, "data_mean": list(data.mean), "data_std": list(data.std),
+            "classes": list(data.classes), "top1": top1_recal})
+        atomic_write_json(out / PRUNE_RECORD, record)
     return _finetune(cfg, out, resume=False, stop_after=args.stop_after)
 
 
@@ -274,6 +280,8 @@ def _finetune(cfg: TrainConfig | None, out: Path, *, resume: bool, stop_after: i
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
+    if _rank() != 0:  # under torchrun only rank 0 prints
+        console.quiet = True
     if args.resume:
         out = Path(args.resume)
         if not (out / PRUNE_RECORD).exists():
