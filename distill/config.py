@@ -82,7 +82,7 @@ class TrainConfig:
     tta: bool = True  # also report flip test-time augmentation
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
-    channels_last: bool = True  # on CUDA only
+    channels_last: bool = True  # NHWC activations, on CUDA and CPU
     compile: bool = False
     seed: int = 0
     eval_every: int = 1  # epochs

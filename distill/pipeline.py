@@ -183,7 +183,7 @@ def _frozen(model: nn.Module, arch: dict[str, Any], ckpt: dict[str, Any], data: 
     return teachers.FrozenTeacher(
         model, student_mean=data.mean, student_std=data.std,
         teacher_mean=tuple(meta.get("data_mean", data.mean)), teacher_std=tuple(meta.get("data_std", data.std)),
-        resize_to=resize_to,
+        resize_to=resize_to, fold_bn=True,
     )
 
 

@@ -106,6 +106,9 @@ class FrozenTeacher(nn.Module):
         model: the teacher network, returning logits.
         student_mean, student_std, teacher_mean, teacher_std, resize_to: see :class:`InputAdapter`; by default
             inputs go to the model unchanged.
+        fold_bn: fold every BatchNorm into the convolution before it (exact in eval mode): one pass fewer
+            over each activation; measured 1.5x faster teacher inference on a 2-core CPU together with
+            channels-last (docs/RESULTS.md). Models torch.fx cannot trace are kept as they are.
     """
 
     def __init__(
@@ -117,15 +120,17 @@ class FrozenTeacher(nn.Module):
         teacher_mean: Stats | None = None,
         teacher_std: Stats | None = None,
         resize_to: int | Sequence[int] | None = None,
+        fold_bn: bool = False,
     ) -> None:
         super().__init__()
         model.requires_grad_(False)
-        self.model = model
+        num_classes = int(model.num_classes)
+        self.model = _fold_batchnorm(model) if fold_bn else model
         self.adapter = InputAdapter(
             student_mean=student_mean, student_std=student_std,
             teacher_mean=teacher_mean, teacher_std=teacher_std, resize_to=resize_to,
         )
-        self.num_classes = int(model.num_classes)
+        self.num_classes = num_classes
         super().train(False)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
@@ -139,6 +144,24 @@ class FrozenTeacher(nn.Module):
         # student's (DIST's correlations, for one) saves them. A clone made outside inference mode is an
         # ordinary tensor; for a B x C logit matrix the copy costs nothing next to the forward pass.
         return logits.clone()
+
+
+def _fold_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with each Conv-BatchNorm pair folded into one convolution (torch.fx), or ``model`` itself."""
+    import logging
+
+    from torch.fx.experimental.optimization import fuse
+
+    was_training = model.training
+    try:
+        folded = fuse(model.eval(), inplace=False)
+    except Exception as err:  # noqa: BLE001 - any tracing failure just means no folding
+        logging.getLogger(__name__).debug("teacher not folded (torch.fx could not trace it: %s)", err)
+        model.train(was_training)
+        return model
+    folded.requires_grad_(False)
+    folded.num_classes = getattr(model, "num_classes", None)
+    return folded
 
 
 def _adapter_kwargs(

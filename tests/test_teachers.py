@@ -259,3 +259,18 @@ def test_load_model_rejects_mismatched_weights(tmp_path: Path) -> None:
         teachers.load_model(path)
     with pytest.raises(students.CheckpointError, match="unknown architecture family"):
         teachers.build_from_arch({"family": "keras"})
+
+
+def test_folded_teacher_matches_unfolded() -> None:
+    torch.manual_seed(0)
+    model = students.create("r2_11_c8-16", 10).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(4, 3, 32, 32)
+    plain, folded = FrozenTeacher(model), FrozenTeacher(model, fold_bn=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
+    torch.testing.assert_close(folded(x), plain(x), rtol=1e-4, atol=1e-5)
+    assert folded.num_classes == 10 and not any(p.requires_grad for p in folded.parameters())
