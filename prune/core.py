@@ -233,7 +233,9 @@ def prune_to_target(
     if current < target * (1 - TOLERANCE):
         raise PruneError(
             f"target {kind} {target:,.0f} cannot be met within {TOLERANCE:.0%}: the nearest achievable sizes are "
-            f"{current:,} (below) and {above:,} (above); ask for one of those, use --global, or lower --round-to"
+            f"{current:,} (below) and {above:,} (above); ask for one of those"
+            + ("" if settings.global_pruning else ", use --global")
+            + (", or lower --round-to" if settings.round_to else "")
         )
     return PruneResult(kind, target, before, current, tuple(ratios))
 
