@@ -1,0 +1,41 @@
+"""``benchmarks/e2e.py --smoke``: the whole pipeline through the public commands, so the benchmark cannot rot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_cifar10_tarball
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_e2e_smoke(tmp_path: Path) -> None:
+    tarball = shared_cifar10_tarball()
+    if not tarball.is_file():
+        pytest.skip(f"real CIFAR-10 not found at {tarball}")
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import e2e
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    work, results = tmp_path / "work", tmp_path / "results"
+    assert e2e.main(["--smoke", "--work", str(work), "--results", str(results), "--device", "cpu",
+                     "--data", str(tarball)]) == 0
+    report = json.loads((results / "e2e_smoke.json").read_text())
+    run = report["runs"][0]
+    assert set(run) == {"teacher", "reference", "kd", "kd_mix", "pruned"}
+    for stage in run.values():
+        assert stage["complete"] and 0 <= stage["top1_last"] <= 100 and stage["num_params"] > 0
+    assert run["kd"]["teacher"] == run["kd_mix"]["teacher"] == e2e.SCALES["smoke"].teacher
+    assert run["kd_mix"]["mixing"]["cutmix"] == 1.0
+    half = run["kd_mix"]["num_params"] / 2
+    assert half * 0.98 <= run["pruned"]["num_params"] <= half
+    text = (results / "RESULTS.md").read_text()
+    assert "<!-- e2e:smoke:start -->" in text and "| pruned |" in text
+    assert (results / "e2e_smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
