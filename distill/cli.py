@@ -1,14 +1,17 @@
-"""``distill``: train teachers, distill students, evaluate checkpoints.
+"""``distill``: train teachers, distill students, evaluate, compare and export checkpoints.
 
     distill teacher --teacher resnet50 --data cifar10 --epochs 200 --out runs/t-resnet50
     distill run --teacher resnet50 --student r4_3323 [--teacher-ckpt runs/t-resnet50] [--recipe seed000]
     distill run --resume runs/run-r4_3323-...
-    distill eval runs/run-r4_3323-.../best.pt --data cifar10
+    distill eval runs/run-r4_3323-.../best.pt --data cifar10 [--report reports/r4_3323]
+    distill compare runs/* [--sort top1] [--budget 5M] [--csv runs.csv] [--markdown runs.md] [--plot runs.png]
+    distill export runs/run-r4_3323-... --onnx r4_3323.onnx [--torchscript r4_3323.ts] [--latency]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import time
 from collections.abc import Sequence
@@ -118,6 +121,28 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
+    ev.add_argument("--report", default=None, metavar="DIR",
+                    help="write per_class.csv, confusion.png and misclassified.png into DIR")
+    cmp = sub.add_parser("compare", help="one table row per run: size, top-1, KD settings, speed, latency")
+    cmp.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories, e.g. runs/*")
+    cmp.add_argument("--sort", default=None, metavar="COLUMN",
+                     help="order by this column, best first (e.g. top1, params, macs, latency_ms)")
+    cmp.add_argument("--budget", default=None, help="mark runs within this many parameters, e.g. 5M")
+    cmp.add_argument("--csv", default=None, metavar="FILE", help="also write the rows as CSV (raw numbers)")
+    cmp.add_argument("--markdown", default=None, metavar="FILE", help="also write the table as Markdown")
+    cmp.add_argument("--plot", default=None, metavar="FILE.png",
+                     help="top-1 against params and MACs, with the Pareto front")
+    ex = sub.add_parser("export", help="ONNX / TorchScript export with a parity check, and latency")
+    ex.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses best.pt)")
+    ex.add_argument("--onnx", default=None, metavar="FILE", help="write an ONNX model (dynamic batch axis)")
+    ex.add_argument("--torchscript", default=None, metavar="FILE", help="write a traced TorchScript model")
+    ex.add_argument("--latency", action="store_true",
+                    help="median batch-1 and batch-256 latency on the CPU (and CUDA when used); recorded "
+                         "in the run's summary.json")
+    ex.add_argument("--device", choices=DEVICES, default="auto",
+                    help="auto: CPU, plus CUDA when present; cpu: CPU only; cuda: CPU and CUDA")
+    ex.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for the latency measurement (default: torch's, one per core)")
     return parser
 
 
@@ -265,14 +290,14 @@ def _train(args: argparse.Namespace, kind: str) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
-
     import teachers
 
+    from . import report
     from .data import DeviceLoader, load_dataset
     from .engine import predict, resolve_device
     from .pipeline import find_checkpoint
 
+    report_dir = _report_dir(args.report)
     path = find_checkpoint(args.checkpoint)
     model, ckpt = teachers.load_model(path)
     data = load_dataset(args.data, download=True, progress=_decode_progress())
@@ -292,18 +317,159 @@ def _eval(args: argparse.Namespace) -> int:
     logits, labels = predict(model.to(device), loader, device=device, tta=args.tta)
     preds = logits.argmax(1)
     top1 = 100.0 * (preds == labels).float().mean().item()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    confusion = report.confusion_matrix(preds, labels, num_classes)
+    metrics = report.per_class_metrics(confusion, data.classes)
     table = Table(title=f"{path} on {data.source}: top-1 {top1:.2f}% ({labels.numel():,} images"
                         f"{', flip-TTA' if args.tta else ''})")
-    for col in ("class", "images", "precision %", "recall %"):
+    for col in ("class", "images", "precision %", "recall %", "F1 %"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    for i, name in enumerate(data.classes):
-        tp, predicted, actual = confusion[i, i].item(), confusion[:, i].sum().item(), confusion[i].sum().item()
-        table.add_row(name, f"{actual:,}", f"{100.0 * tp / predicted:.2f}" if predicted else "-",
-                      f"{100.0 * tp / actual:.2f}" if actual else "-")
+    for m in metrics:
+        table.add_row(m["class"], f"{m['images']:,}", _fmt(m["precision_pct"]), _fmt(m["recall_pct"]),
+                      _fmt(m["f1_pct"]))
     console.print(table)
     console.print(f"top-1: {top1:.2f}%")
+    if report_dir is not None:
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"--report {report_dir}: cannot create it ({err.strerror})") from None
+        report.per_class_csv(metrics, report_dir / "per_class.csv")
+        report.plot_confusion(confusion, data.classes, report_dir / "confusion.png",
+                              title=f"{path}: top-1 {top1:.2f}% on {labels.numel():,} images")
+        shown = report.plot_misclassified(data.test_images, labels, preds, data.classes,
+                                          report_dir / "misclassified.png")
+        console.print(f"report: {report_dir}/per_class.csv, confusion.png, misclassified.png "
+                      f"({shown} of {int((preds != labels).sum()):,} misclassified images shown)", soft_wrap=True)
+    return 0
+
+
+def _check_writable(path: str | Path, flag: str) -> Path:
+    """Fail before any work when an output file cannot be written: one line naming the flag."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {parent} does not exist; create it or choose another path")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{flag} {path} is not writable; choose another path")
+    return path
+
+
+def _report_dir(value: str | None) -> Path | None:
+    """Check before any work that ``--report DIR`` can be created (it is created only when writing)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--report {path} is a file; give a directory to write the report into")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"--report {path}: cannot write into {existing}; choose another directory")
+    return path
+
+
+def _expand_runs(args: Sequence[str]) -> list[Path]:
+    """The run paths in the order given, without repeats; patterns the shell did not expand are globbed here."""
+    seen: dict[str, Path] = {}
+    for arg in args:
+        matches = sorted(glob.glob(arg)) if any(c in arg for c in "*?[") and not os.path.exists(arg) else [arg]
+        for match in matches or [arg]:
+            seen.setdefault(os.path.realpath(match), Path(match))
+    return list(seen.values())
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from . import compare
+
+    compare.check_sort(args.sort)
+    budget = parse_count(args.budget, "--budget") if args.budget is not None else None
+    for flag, value in (("--csv", args.csv), ("--markdown", args.markdown), ("--plot", args.plot)):
+        if value is not None:
+            _check_writable(value, flag)
+    if args.plot is not None and Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UserError(f"--plot {args.plot}: name a .png (or .svg, .pdf) file")
+    if not args.runs:
+        raise UserError("no run directories given; pass one or more, e.g. distill compare runs/*")
+    paths = _expand_runs(args.runs)
+    if not any(p.exists() for p in paths):
+        raise UserError(f"no run directories matched {' '.join(args.runs)}; check the paths (e.g. runs/*)")
+    rows = [compare.load_run(p) for p in paths]
+    console.print(compare.compare_table(rows, args.sort, budget))
+    try:
+        if args.csv is not None:
+            Path(args.csv).write_text(compare.to_csv(rows, args.sort, budget))
+            console.print(f"wrote {args.csv}", soft_wrap=True)
+        if args.markdown is not None:
+            Path(args.markdown).write_text(compare.to_markdown(rows, args.sort, budget))
+            console.print(f"wrote {args.markdown}", soft_wrap=True)
+        if args.plot is not None:
+            counts = compare.plot(rows, args.plot)
+            console.print(f"wrote {args.plot} ({counts['params']} runs against params, {counts['macs']} against MACs)",
+                          soft_wrap=True)
+    except OSError as err:
+        raise UserError(f"cannot write {err.filename}: {err.strerror}") from None
+    return 0
+
+
+def _file_size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _latency_table(latency: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title="latency (median, fp32 eager PyTorch)")
+    for col in ("device", "batch", "ms / batch", "images/s", "runs"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for figures in latency.values():
+        for key, runs in figures["repeats"].items():
+            batch = key.removeprefix("batch")
+            table.add_row(figures["device"], batch, f"{figures[f'{key}_ms']:.3f}",
+                          f"{figures[f'{key}_img_s']:,.0f}", str(runs))
+    return table
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import export
+    from .engine import resolve_device
+
+    if not (args.onnx or args.torchscript or args.latency):
+        raise UserError("nothing to do: pass --onnx FILE, --torchscript FILE and/or --latency")
+    if args.onnx:
+        export.require_onnxruntime()
+        _check_writable(args.onnx, "--onnx")
+    if args.torchscript:
+        _check_writable(args.torchscript, "--torchscript")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    device = resolve_device(args.device)
+    item = export.load_exportable(args.checkpoint)
+    shape = "x".join(str(s) for s in item.input_shape)
+    if args.onnx:
+        path = export.export_onnx(item.model, args.onnx, item.input_shape)
+        diff = export.check_onnx(path, item.model, item.input_shape)
+        console.print(f"ONNX: {path} ({_file_size(path)}, opset {export.ONNX_OPSET}, input "
+                      f"images N x {shape}); onnxruntime vs PyTorch: max abs diff {diff:.2e}", soft_wrap=True)
+    if args.torchscript:
+        path = export.export_torchscript(item.model, args.torchscript, item.input_shape)
+        diff = export.check_torchscript(path, item.model, item.input_shape)
+        console.print(f"TorchScript: {path} ({_file_size(path)}); reloaded vs PyTorch: "
+                      f"max abs diff {diff:.2e}", soft_wrap=True)
+    if args.latency:
+        latency = {"cpu": export.measure_latency(item.model, item.input_shape, torch.device("cpu"),
+                                                 threads=args.threads)}
+        if device.type == "cuda":
+            latency["cuda"] = export.measure_latency(item.model, item.input_shape, device)
+        console.print(_latency_table(latency))
+        run_dir = export.run_dir_of(args.checkpoint)
+        if run_dir is not None:
+            console.print(f"recorded in {export.record_latency(run_dir, latency)}", soft_wrap=True)
+        else:
+            console.print("[yellow]the checkpoint is not inside a run directory: latency not recorded[/]")
     return 0
 
 
@@ -315,6 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.quiet = True
     if args.command in ("run", "teacher"):
         return _train(args, args.command)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "export":
+        return _export(args)
     return _eval(args)
 
 

@@ -1,0 +1,518 @@
+"""Compare finished runs side by side: one row per run directory, as a rich table, CSV, Markdown or a plot.
+
+A run directory is anything ``distill run``, ``distill teacher`` or ``prune`` wrote (see :mod:`distill.engine`):
+``config.json``, ``metrics.jsonl``, ``best.pt``/``last.pt`` and ``summary.json``. Every number shown is read
+from ``summary.json``; nothing is re-evaluated. A directory that is not a run, a run that has not written its
+summary yet, or a corrupt summary becomes an :class:`IncompleteRun` with the reason, never an exception.
+
+    rows = [load_run(p) for p in Path("runs").iterdir()]
+    console.print(compare_table(rows, sort="top1", budget=5_000_000))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from students.errors import UserError
+from students.sizes import format_count
+
+from .engine import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PRUNE_RECORD, SUMMARY_FILE
+
+__all__ = [
+    "COLUMNS",
+    "Column",
+    "IncompleteRun",
+    "RunRow",
+    "check_sort",
+    "compare_table",
+    "load_run",
+    "pareto_front",
+    "plot",
+    "sort_rows",
+    "to_csv",
+    "to_markdown",
+]
+
+_logger = logging.getLogger(__name__)
+
+BEST_STYLE = "bold green"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One finished (or stopped) run, as read from its ``summary.json``. Top-1 values are percent."""
+
+    path: Path
+    name: str  # the run directory's name
+    model: str  # student spec (``distill run``, ``prune``) or teacher model (``distill teacher``)
+    kind: str  # "run" or "teacher"
+    pruned: bool
+    complete: bool
+    num_params: int
+    macs: int | None
+    top1_last: float | None
+    top1_best: float | None
+    top1_ema: float | None
+    top1_tta: float | None
+    teacher: str | None
+    teacher_top1: float | None
+    kd_loss: str | None
+    kd_temperature: float | None
+    kd_alpha: float | None
+    mixup: float | None
+    cutmix: float | None
+    mix_prob: float | None
+    epochs_done: int | None
+    epochs: int | None
+    wall_s: float | None
+    train_img_s: float | None
+    latency_cpu_batch1_ms: float | None  # from ``distill export --latency``
+
+
+@dataclass(frozen=True)
+class IncompleteRun:
+    """A path given to compare that holds no usable run, and why."""
+
+    path: Path
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
+
+Row = RunRow | IncompleteRun
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _number(summary: dict[str, Any], key: str, kind: type = float) -> Any:
+    """``summary[key]`` as ``kind`` (None when absent or null); ValueError when it is not a number."""
+    value = summary.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} is {value!r}, not a number")
+    if kind is int:
+        return int(value)
+    return float(value)
+
+
+def _str(mapping: dict[str, Any], key: str) -> str | None:
+    value = mapping.get(key)
+    return None if value is None or value == "" else str(value)
+
+
+def _nested(summary: dict[str, Any], key: str) -> dict[str, Any]:
+    value = summary.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _latency_ms(summary: dict[str, Any]) -> float | None:
+    value = _nested(_nested(summary, "latency"), "cpu").get("batch1_ms")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _holds_runs(path: Path) -> int:
+    try:
+        return sum(1 for child in path.iterdir() if (child / SUMMARY_FILE).is_file())
+    except OSError:
+        return 0
+
+
+def load_run(path: str | Path) -> RunRow | IncompleteRun:
+    """Read one run directory; an :class:`IncompleteRun` with the reason when it is not a usable run."""
+    path = Path(path)
+    if not path.exists():
+        return IncompleteRun(path, "does not exist")
+    if not path.is_dir():
+        return IncompleteRun(path, "not a directory (pass run directories, e.g. runs/*)")
+    summary_path = path / SUMMARY_FILE
+    if not summary_path.is_file():
+        if not (path / CONFIG_FILE).is_file():
+            inside = _holds_runs(path)
+            hint = f"; it holds {inside} run directories: pass {path}/* instead" if inside else ""
+            return IncompleteRun(path, f"not a run directory (no {CONFIG_FILE} or {SUMMARY_FILE}){hint}")
+        return IncompleteRun(path, f"no {SUMMARY_FILE} yet: still running, or stopped before its first epoch ended")
+    missing = [name for name in (CONFIG_FILE, METRICS_FILE) if not (path / name).is_file()]
+    if not (path / BEST_CKPT).is_file() and not (path / LAST_CKPT).is_file():
+        missing.append(f"a checkpoint ({BEST_CKPT} or {LAST_CKPT})")
+    if missing:
+        return IncompleteRun(path, f"missing {', '.join(missing)}")
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        return IncompleteRun(path, f"cannot read {SUMMARY_FILE}: {err}")
+    except json.JSONDecodeError as err:
+        return IncompleteRun(path, f"corrupt {SUMMARY_FILE} (line {err.lineno}: {err.msg})")
+    if not isinstance(summary, dict):
+        return IncompleteRun(path, f"corrupt {SUMMARY_FILE} (not a JSON object)")
+    model = summary.get("student") or summary.get("model")
+    if not isinstance(model, str) or not model:
+        return IncompleteRun(path, f"{SUMMARY_FILE} names no model")
+    if summary.get("num_params") is None:
+        return IncompleteRun(path, f"{SUMMARY_FILE} has no num_params")
+    kd, mixing = _nested(summary, "kd"), _nested(summary, "mixing")
+    try:
+        return RunRow(
+            path=path,
+            name=path.resolve().name,
+            model=model,
+            kind=str(summary.get("kind", "run")),
+            # ``prune`` copies its record into the summary; the record file beside it covers older runs.
+            pruned=bool(summary.get("pruned")) or (path / PRUNE_RECORD).is_file(),
+            complete=bool(summary.get("complete")),
+            num_params=_number(summary, "num_params", int),
+            macs=_number(summary, "macs", int),
+            top1_last=_number(summary, "top1_last"),
+            top1_best=_number(summary, "top1_best"),
+            top1_ema=_number(summary, "top1_ema"),
+            top1_tta=_number(summary, "top1_tta"),
+            teacher=_str(summary, "teacher"),
+            teacher_top1=_number(summary, "teacher_top1"),
+            kd_loss=_str(kd, "loss"),
+            kd_temperature=_number(kd, "temperature"),
+            kd_alpha=_number(kd, "alpha"),
+            mixup=_number(mixing, "mixup"),
+            cutmix=_number(mixing, "cutmix"),
+            mix_prob=_number(mixing, "prob"),
+            epochs_done=_number(summary, "epochs_done", int),
+            epochs=_number(summary, "epochs", int),
+            wall_s=_number(summary, "wall_s"),
+            train_img_s=_number(summary, "train_img_s"),
+            latency_cpu_batch1_ms=_latency_ms(summary),
+        )
+    except ValueError as err:
+        return IncompleteRun(path, f"corrupt {SUMMARY_FILE}: {err}")
+
+
+# ------------------------------------------------------------------------------------------------ columns
+
+
+def _g(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _kd(row: RunRow) -> str:
+    if not row.kd_loss:
+        return "-"
+    return f"{row.kd_loss} T={_g(row.kd_temperature)} a={_g(row.kd_alpha)}"
+
+
+def _mixing(row: RunRow) -> str:
+    parts = [f"{name} {_g(value)}" for name, value in (("mixup", row.mixup), ("cutmix", row.cutmix)) if value]
+    if not parts:
+        return "none"
+    return " ".join(parts) + f" p {_g(row.mix_prob)}"
+
+
+def _epochs(row: RunRow) -> str:
+    if row.epochs_done is None:
+        return "-"
+    return f"{row.epochs_done}/{row.epochs}" + ("" if row.complete else " (stopped)")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the comparison: its header, raw value (sorting, highlighting) and display text.
+
+    ``better`` is ``"max"`` or ``"min"`` for numeric columns: sorting puts that end first and, with
+    ``highlight``, its best value is shown in bold green. ``sort_by`` orders a text column by a number.
+    """
+
+    key: str
+    header: str
+    value: Callable[[RunRow], Any]
+    text: Callable[[Any], str]
+    better: str | None = None
+    numeric: bool = False
+    highlight: bool = True
+    sort_by: Callable[[RunRow], Any] | None = None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _int(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else format_count(value)
+
+
+def _fixed(digits: int) -> Callable[[float | None], str]:
+    return lambda value: "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _plain(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("run", "run", lambda r: r.name, _plain),
+    Column("model", "model", lambda r: r.model, _plain),
+    Column("pruned", "pruned", lambda r: r.pruned, lambda v: "yes" if v else "no"),
+    Column("params", "params", lambda r: r.num_params, _int, "min", True),
+    Column("macs", "MACs", lambda r: r.macs, _count, "min", True),
+    Column("top1", "top-1 %", lambda r: r.top1_last, _pct, "max", True),
+    Column("top1_best", "best %", lambda r: r.top1_best, _pct, "max", True),
+    Column("top1_ema", "EMA %", lambda r: r.top1_ema, _pct, "max", True),
+    Column("top1_tta", "TTA %", lambda r: r.top1_tta, _pct, "max", True),
+    Column("teacher", "teacher", lambda r: r.teacher, _plain),
+    Column("teacher_top1", "teacher %", lambda r: r.teacher_top1, _pct, "max", True, highlight=False),
+    Column("kd", "KD", _kd, _plain),
+    Column("mixing", "mixing", _mixing, _plain),
+    Column("epochs", "epochs", _epochs, _plain, "max", highlight=False, sort_by=lambda r: r.epochs_done),
+    Column("wall_s", "wall s", lambda r: r.wall_s, _seconds, "min", True),
+    Column("img_s", "img/s", lambda r: r.train_img_s, _fixed(0), "max", True),
+    Column("latency_ms", "CPU ms", lambda r: r.latency_cpu_batch1_ms, _fixed(3), "min", True),
+)
+_BUDGET = Column("budget", "budget", lambda r: None, _plain)  # filled per call: depends on --budget
+SORT_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS) + ("budget",)
+
+
+def check_sort(sort: str | None) -> None:
+    """:class:`UserError` naming the valid columns when ``sort`` is not one of them."""
+    if sort is not None and sort not in SORT_KEYS:
+        raise UserError(f"unknown --sort column {sort!r}; choose one of: {', '.join(SORT_KEYS)}")
+
+
+def _within(row: RunRow, budget: int | None) -> bool | None:
+    return None if budget is None else row.num_params <= budget
+
+
+def _budget_text(row: RunRow, budget: int) -> str:
+    over = row.num_params - budget
+    return "yes" if over <= 0 else f"no (+{over:,})"
+
+
+def sort_rows(rows: Iterable[Row], sort: str | None, budget: int | None = None) -> list[Row]:
+    """Runs ordered by column ``sort``, best first for numeric columns (highest top-1, fewest params ...),
+    A to Z for text; missing values, then incomplete runs, go last. ``None`` keeps the given order."""
+    check_sort(sort)
+    rows = list(rows)
+    good = [r for r in rows if isinstance(r, RunRow)]
+    bad = [r for r in rows if isinstance(r, IncompleteRun)]
+    if sort is not None:
+        if sort == "budget":
+            key: Callable[[RunRow], Any] = lambda r: (not _within(r, budget), r.num_params)  # noqa: E731
+            good.sort(key=key)
+        else:
+            column = next(c for c in COLUMNS if c.key == sort)
+            get = column.sort_by or column.value
+            present = [r for r in good if get(r) is not None]
+            missing = [r for r in good if get(r) is None]
+            if column.numeric or column.sort_by is not None:
+                present.sort(key=get, reverse=column.better == "max")
+            else:
+                present.sort(key=lambda r: str(get(r)).lower())
+            good = present + missing
+    return good + bad
+
+
+def _best_values(runs: Sequence[RunRow]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for column in COLUMNS:
+        if column.better is None or not column.highlight:
+            continue
+        values = [v for v in (column.value(r) for r in runs) if v is not None and math.isfinite(v)]
+        if values:
+            best[column.key] = max(values) if column.better == "max" else min(values)
+    return best
+
+
+def _columns(budget: int | None) -> list[Column]:
+    return list(COLUMNS) + ([_BUDGET] if budget is not None else [])
+
+
+def _cells(rows: Sequence[Row], budget: int | None) -> list[list[str]]:
+    """The display text of every cell, shared by the rich table and Markdown so the two always agree."""
+    columns = _columns(budget)
+    out = []
+    for row in rows:
+        if isinstance(row, IncompleteRun):
+            cells = ["-"] * len(columns)
+            cells[0], cells[1] = row.name, f"incomplete: {row.reason}"
+        else:
+            cells = [c.text(c.value(row)) for c in COLUMNS]
+            if budget is not None:
+                cells.append(_budget_text(row, budget))
+        out.append(cells)
+    return out
+
+
+def compare_table(rows: Iterable[Row], sort: str | None = None, budget: int | None = None,
+                  title: str | None = None) -> Table:
+    """A rich table with one row per run; the best value of each numeric column in bold green.
+
+    To fit a terminal, the run directory's name sits under the model, and the teacher's top-1 under the
+    teacher (the CSV and Markdown keep them as columns of their own). Incomplete runs are listed with their
+    reasons under the table.
+    """
+    rows = sort_rows(rows, sort, budget)
+    runs = [r for r in rows if isinstance(r, RunRow)]
+    bad = [r for r in rows if isinstance(r, IncompleteRun)]
+    best = _best_values(runs) if len(runs) > 1 else {}
+    columns = _columns(budget)
+    joined = {"run", "teacher_top1"}  # shown inside the model and teacher cells
+    caption = None
+    if bad:
+        caption = "\n".join(["incomplete:"] + [f"  {r.path}: {r.reason}" for r in bad])
+    table = Table(title=title or f"{len(runs)} run(s)" + (f", {len(bad)} incomplete" if bad else "")
+                  + (f"; budget {budget:,} params" if budget is not None else "")
+                  + "; CPU ms: batch-1 latency from distill export --latency",
+                  caption=caption, caption_justify="left", caption_style="red")
+    for column in columns:
+        if column.key in joined:
+            continue
+        header = {"model": "model / run", "teacher": "teacher / top-1 %"}.get(column.key, column.header)
+        table.add_column(header, justify="right" if column.numeric else "left", no_wrap=column.numeric,
+                         overflow="fold", min_width=None if column.numeric else min(len(column.header), 7))
+    for row, cells in zip(runs, _cells(runs, budget)):
+        text = dict(zip((c.key for c in columns), cells))
+        styled = []
+        for column in columns:
+            if column.key in joined:
+                continue
+            if column.key == "model":
+                styled.append(Text.assemble(row.model, "\n", (row.name, "dim")))
+                continue
+            if column.key == "teacher":
+                styled.append(Text(text["teacher"]) if row.teacher is None
+                              else Text.assemble(row.teacher, "\n", (text["teacher_top1"], "dim")))
+                continue
+            value = column.value(row) if column.better else None
+            hit = column.key in best and value is not None and value == best[column.key]
+            cell = text[column.key]
+            style = BEST_STYLE if hit else ("red" if column.key == "budget" and cell != "yes" else "")
+            styled.append(Text(cell, style=style))
+        table.add_row(*styled)
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def to_csv(rows: Iterable[Row], sort: str | None = None, budget: int | None = None) -> str:
+    """CSV text with raw values (full-precision numbers, plain integers); incomplete runs carry their reason."""
+    rows = sort_rows(rows, sort, budget)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["path", "run", "model", "kind", "pruned", "complete", "num_params", "macs", "top1_last_pct",
+              "top1_best_pct", "top1_ema_pct", "top1_tta_pct", "teacher", "teacher_top1_pct", "kd_loss",
+              "kd_temperature", "kd_alpha", "mixup", "cutmix", "mix_prob", "epochs_done", "epochs", "wall_s",
+              "train_img_s", "latency_cpu_batch1_ms", "within_budget", "incomplete_reason"]
+    writer.writerow(header)
+    for row in rows:
+        if isinstance(row, IncompleteRun):
+            writer.writerow([str(row.path), row.name] + [""] * (len(header) - 3) + [row.reason])
+            continue
+        within = _within(row, budget)
+        values = [str(row.path), row.name, row.model, row.kind, row.pruned, row.complete, row.num_params,
+                  row.macs, row.top1_last, row.top1_best, row.top1_ema, row.top1_tta, row.teacher,
+                  row.teacher_top1, row.kd_loss, row.kd_temperature, row.kd_alpha, row.mixup, row.cutmix,
+                  row.mix_prob, row.epochs_done, row.epochs, row.wall_s, row.train_img_s,
+                  row.latency_cpu_batch1_ms, "" if within is None else within, ""]
+        writer.writerow(["" if v is None else v for v in values])
+    return buffer.getvalue()
+
+
+def to_markdown(rows: Iterable[Row], sort: str | None = None, budget: int | None = None) -> str:
+    """A GitHub Markdown table with the same text as :func:`compare_table`; best values in bold."""
+    rows = sort_rows(rows, sort, budget)
+    columns = _columns(budget)
+    runs = [r for r in rows if isinstance(r, RunRow)]
+    best = _best_values(runs) if len(runs) > 1 else {}
+
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(c.header for c in columns) + " |",
+             "|" + "|".join("---:" if c.numeric else "---" for c in columns) + "|"]
+    for row, cells in zip(rows, _cells(rows, budget)):
+        out = []
+        for column, cell in zip(columns, cells):
+            value = column.value(row) if isinstance(row, RunRow) and column.better else None
+            hit = column.key in best and value is not None and value == best[column.key]
+            out.append(f"**{esc(cell)}**" if hit else esc(cell))
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: cost ``x`` (lower is better) and accuracy ``y`` (higher is
+    better). A point is dominated when another has ``x' <= x`` and ``y' >= y`` with one strictly better.
+    Returned in increasing ``x``, so they can be joined into the front's staircase line."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def _labels(runs: Sequence[RunRow]) -> list[str]:
+    """Point labels: the model, marked when pruned, and the run's name where two would read the same."""
+    base = [r.model + (" (pruned)" if r.pruned else "") for r in runs]
+    return [f"{b} [{r.name}]" if base.count(b) > 1 else b for b, r in zip(base, runs)]
+
+
+def plot(rows: Iterable[Row], path: str | Path) -> dict[str, int]:
+    """Write a figure of top-1 (last epoch) against params and against MACs, the Pareto front of each panel
+    drawn as a line through highlighted points, every point labelled. Returns the points per panel."""
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+
+    runs = [r for r in rows if isinstance(r, RunRow) and r.top1_last is not None]
+    labels = dict(zip((id(r) for r in runs), _labels(runs)))
+    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    counts: dict[str, int] = {}
+    for ax, key, xlabel in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per image")):
+        panel = [r for r in runs if (r.num_params if key == "params" else r.macs) is not None]
+        xs = [float(r.num_params if key == "params" else r.macs) for r in panel]
+        ys = [float(r.top1_last) for r in panel]
+        counts[key] = len(panel)
+        if not panel:
+            ax.text(0.5, 0.5, "no runs with this figure", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel(xlabel)
+            continue
+        front = pareto_front(list(zip(xs, ys)))
+        ax.scatter(xs, ys, s=30, color="tab:blue", alpha=0.7, label="runs", zorder=2)
+        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="tab:red", lw=1.5, zorder=1)
+        ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=80, facecolors="none", edgecolors="tab:red",
+                   linewidths=2, label="Pareto front", zorder=3)
+        for x, y, r in zip(xs, ys, panel):
+            ax.annotate(labels[id(r)], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if max(xs) > 20 * min(xs):  # sizes spanning orders of magnitude read better on a log axis
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("top-1 % (last epoch)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle("top-1 against size")
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    _logger.debug("wrote %s (%s)", path, counts)
+    return counts

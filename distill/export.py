@@ -1,0 +1,260 @@
+"""Export a checkpoint to ONNX or TorchScript, check the copy against PyTorch, and measure latency.
+
+``distill export CKPT --onnx FILE [--torchscript FILE] [--latency]``. Every export is checked: the exported
+model and the PyTorch model run on the same random batch (of a different size than the one traced, so the
+dynamic batch axis is exercised too) and the largest absolute difference of the logits must stay below
+:data:`PARITY_TOLERANCE`. Latency is the median over repeated timed forward passes after warm-up; when the
+checkpoint belongs to a run directory it is recorded in that run's ``summary.json`` under ``"latency"``,
+where ``distill compare`` shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import teachers
+from students.errors import UserError
+
+from .engine import SUMMARY_FILE, device_name
+
+__all__ = [
+    "ExportError",
+    "PARITY_TOLERANCE",
+    "ONNX_OPSET",
+    "Exportable",
+    "load_exportable",
+    "export_onnx",
+    "check_onnx",
+    "export_torchscript",
+    "check_torchscript",
+    "measure_latency",
+    "run_dir_of",
+    "record_latency",
+    "require_onnxruntime",
+]
+
+_logger = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-3  # max |logit difference|; fp32 kernels of two runtimes differ by ~1e-6 on these nets
+ONNX_OPSET = 17
+CHECK_BATCH = 5  # parity batch: a size other than the traced one, to exercise the dynamic batch axis
+TRACE_BATCH = 2
+
+
+class ExportError(UserError):
+    """An export that failed or whose output does not match PyTorch's."""
+
+
+@dataclass(frozen=True)
+class Exportable:
+    """A checkpoint's model ready to export: eval mode, CPU, and the shape of one input image."""
+
+    model: nn.Module
+    input_shape: tuple[int, int, int]  # channels, height, width
+    name: str  # the student spec or timm model name
+
+
+def load_exportable(path: str | Path) -> Exportable:
+    """The model of a checkpoint (or of a run directory's best checkpoint), on the CPU in eval mode.
+
+    An ``upsample``-mode teacher is exported with its resize in front, so the exported graph takes the
+    same CIFAR-sized images it was trained on.
+    """
+    from .pipeline import find_checkpoint
+
+    ckpt_path = find_checkpoint(path)
+    model, ckpt = teachers.load_model(ckpt_path)
+    arch = ckpt["arch"]
+    side = int(arch.get("input_size") or 32)
+    if arch.get("family") == "timm" and arch.get("mode") == "upsample":
+        model = nn.Sequential(teachers.InputAdapter(resize_to=int(arch.get("resize_to") or 224)), model)
+    return Exportable(model.cpu().eval(), (3, side, side), str(arch.get("spec") or arch.get("name") or "model"))
+
+
+def require_onnxruntime() -> None:
+    """:class:`UserError` with the install command when onnxruntime or onnx is missing."""
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"{module} is not installed; pip install {module} (or pip install -e '.[dev]')") from None
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int], *,
+                opset: int = ONNX_OPSET) -> Path:
+    """Write ``model`` as ONNX with input ``images`` (dynamic batch, float32 N x C x H x W, normalised as in
+    training) and output ``logits``. Uses the TorchScript-based exporter (``dynamo=False``): the dynamo
+    exporter needs onnxscript, which is not one of our dependencies."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    example = torch.randn(TRACE_BATCH, *input_shape)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # Shape checks in Python (e.g. "resize only when the size differs") are traced as constants; the
+            # parity check below is what proves the graph right, so the tracer's warnings are noise here.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                model.eval(), (example,), str(tmp), dynamo=False, opset_version=opset,
+                input_names=["images"], output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            )
+    except Exception as err:  # the exporter raises many types; one line says what failed
+        tmp.unlink(missing_ok=True)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ExportError(f"ONNX export failed: {first[:200]}") from None
+    os.replace(tmp, path)
+    return path
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        raise ExportError(f"exported model returns shape {tuple(a.shape)}, PyTorch {tuple(b.shape)}")
+    return float((a.float() - b.float()).abs().max())
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _check(diff: float, what: str, tolerance: float) -> float:
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportError(f"{what} output differs from PyTorch by {diff:.3g} (tolerance {tolerance:g}); "
+                          "the export is not faithful, do not use it")
+    return diff
+
+
+def check_onnx(path: str | Path, model: nn.Module, input_shape: tuple[int, int, int], *,
+               tolerance: float = PARITY_TOLERANCE, seed: int = 0) -> float:
+    """Run the ONNX file in onnxruntime (CPU) and PyTorch on one random batch; the largest absolute logit
+    difference, or :class:`ExportError` when it exceeds ``tolerance``."""
+    require_onnxruntime()
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(path))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ExportError(f"{path} does not load in onnxruntime: {str(err).strip()[:200]}") from None
+    x = torch.randn(CHECK_BATCH, *input_shape, generator=torch.Generator().manual_seed(seed))
+    (got,) = session.run(["logits"], {"images": x.numpy()})
+    return _check(_max_abs_diff(torch.from_numpy(got), _reference(model, x)), "ONNX", tolerance)
+
+
+def export_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int]) -> Path:
+    """Write ``model`` traced with ``torch.jit.trace`` (loads with ``torch.jit.load``, no Python source)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    example = torch.randn(TRACE_BATCH, *input_shape)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model.eval(), example, check_trace=False)
+        torch.jit.save(traced, str(tmp))
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ExportError(f"TorchScript export failed: {first[:200]}") from None
+    os.replace(tmp, path)
+    return path
+
+
+def check_torchscript(path: str | Path, model: nn.Module, input_shape: tuple[int, int, int], *,
+                      tolerance: float = PARITY_TOLERANCE, seed: int = 0) -> float:
+    """Reload the TorchScript file and compare it with PyTorch on one random batch (see :func:`check_onnx`)."""
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    x = torch.randn(CHECK_BATCH, *input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        got = loaded(x)
+    return _check(_max_abs_diff(got, _reference(model, x)), "TorchScript", tolerance)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device, *,
+                    batch_sizes: Sequence[int] = (1, 256), warmup: int = 3, min_repeats: int = 5,
+                    max_repeats: int = 50, budget_s: float = 2.0, threads: int | None = None) -> dict[str, Any]:
+    """Median milliseconds per forward pass (fp32, eager PyTorch) for each batch size on ``device``.
+
+    Each size gets ``warmup`` untimed passes, then at least ``min_repeats`` timed ones, more (up to
+    ``max_repeats``) while the size's ``budget_s`` seconds last. ``threads`` sets torch's CPU threads for the
+    measurement only. Returns e.g. ``{"batch1_ms": 0.8, "batch1_img_s": 1250.0, "batch256_ms": ...,
+    "threads": 2, "device": ..., "repeats": {...}}``.
+    """
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(model, input_shape, device, batch_sizes, warmup, min_repeats, max_repeats, budget_s)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+@torch.inference_mode()
+def _measure(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device, batch_sizes: Sequence[int],
+             warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> dict[str, Any]:
+    model = model.to(device).eval()
+    result: dict[str, Any] = {"device": device_name(device), "runtime": f"pytorch {torch.__version__} eager fp32"}
+    if device.type == "cpu":
+        result["threads"] = torch.get_num_threads()
+    repeats: dict[str, int] = {}
+    for batch in batch_sizes:
+        x = torch.randn(batch, *input_shape, device=device)
+        for _ in range(warmup):
+            model(x)
+        _sync(device)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < min_repeats or (len(times) < max_repeats and time.perf_counter() - start < budget_s):
+            t0 = time.perf_counter()
+            model(x)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        ms = 1000.0 * statistics.median(times)
+        result[f"batch{batch}_ms"] = ms
+        result[f"batch{batch}_img_s"] = batch / (ms / 1000.0)
+        repeats[f"batch{batch}"] = len(times)
+    result["repeats"] = repeats
+    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return result
+
+
+def run_dir_of(path: str | Path) -> Path | None:
+    """The run directory a checkpoint belongs to (the directory itself, or the file's folder), if any."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    return folder if (folder / SUMMARY_FILE).is_file() else None
+
+
+def record_latency(run_dir: str | Path, latency: dict[str, Any]) -> Path:
+    """Put ``latency`` under ``"latency"`` in the run's ``summary.json`` (temporary file + ``os.replace``)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot update {path}: {err}; the latency was not recorded") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"cannot update {path}: not a JSON object; the latency was not recorded")
+    old = summary.get("latency")
+    # Figures are per device type: measuring on the CPU alone keeps an earlier CUDA measurement.
+    summary["latency"] = {**(old if isinstance(old, dict) else {}), **latency}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

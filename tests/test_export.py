@@ -1,0 +1,113 @@
+"""``distill export``: ONNX and TorchScript parity with PyTorch, latency recorded in the run, shown by compare."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import students
+from distill.cli import main
+from distill.export import ExportError, check_onnx, export_onnx, record_latency
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+STUDENT = "r1_1_c4"
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert fragment in err, err
+
+
+@pytest.fixture(scope="module")
+def run_dir(cifar_subset_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export-runs") / f"run-{STUDENT}"
+    code = main(["run", "--student", STUDENT, "--data", str(cifar_subset_dir), "--epochs", "1", "--batch-size", "50",
+                 "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_onnx_and_torchscript_match_pytorch(capsys, run_dir: Path, tmp_path: Path) -> None:
+    onnx_path, ts_path = tmp_path / "s.onnx", tmp_path / "s.ts"
+    code, out, err = _cli(capsys, "export", run_dir / "best.pt", "--onnx", onnx_path, "--torchscript", ts_path)
+    assert code == 0, err
+    printed = [float(x) for x in re.findall(r"max abs diff ([0-9.e+-]+)", out)]
+    assert len(printed) == 2 and all(d < 1e-4 for d in printed)
+
+    model, _ = students.load_checkpoint(run_dir / "best.pt")
+    model.eval()
+    x = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # a batch size never traced
+    with torch.no_grad():
+        want = model(x).numpy()
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert got.shape == (7, 10)
+    assert np.abs(got - want).max() < 1e-4
+    with torch.no_grad():
+        scripted = torch.jit.load(str(ts_path))(x).numpy()
+    assert np.abs(scripted - want).max() < 1e-4
+    assert not list(tmp_path.glob(".*.tmp"))  # temporary files were renamed into place
+
+
+def test_parity_check_catches_a_different_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    a, b = students.create(STUDENT).eval(), students.create(STUDENT).eval()
+    for p in b.parameters():
+        torch.nn.init.normal_(p)
+    path = export_onnx(a, tmp_path / "a.onnx", (3, 32, 32))
+    assert check_onnx(path, a, (3, 32, 32)) < 1e-4
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        check_onnx(path, b, (3, 32, 32))
+
+
+def test_latency_is_recorded_in_the_run_and_shown_by_compare(capsys, run_dir: Path) -> None:
+    before = json.loads((run_dir / "summary.json").read_text())
+    code, out, err = _cli(capsys, "export", run_dir, "--latency", "--device", "cpu", "--threads", "1")
+    assert code == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cpu = summary["latency"]["cpu"]
+    assert cpu["threads"] == 1 and 0 < cpu["batch1_ms"] and 0 < cpu["batch256_ms"]
+    assert cpu["batch256_img_s"] == pytest.approx(256 / (cpu["batch256_ms"] / 1000))
+    assert "cuda" not in summary["latency"]  # --device cpu
+    assert {k: v for k, v in summary.items() if k != "latency"} == before  # nothing else changed
+    assert "recorded in" in out and f"{cpu['batch1_ms']:.3f}" in out
+
+    code, out, err = _cli(capsys, "compare", run_dir)
+    assert code == 0, err
+    assert "CPU ms" in out and f"{cpu['batch1_ms']:.3f}" in out
+
+
+def test_record_latency_keeps_other_devices(tmp_path: Path) -> None:
+    (tmp_path / "summary.json").write_text(json.dumps({"model": "x", "latency": {"cuda": {"batch1_ms": 0.1}}}))
+    record_latency(tmp_path, {"cpu": {"batch1_ms": 2.0}})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == {"model": "x", "latency": {"cuda": {"batch1_ms": 0.1}, "cpu": {"batch1_ms": 2.0}}}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_export_bad_input_gets_one_line_and_exit_2(capsys, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    code, _, err = _cli(capsys, "export", run_dir)
+    _one_line_error(code, err, "nothing to do")
+    code, _, err = _cli(capsys, "export", run_dir, "--onnx", "/nonexistent/x.onnx")
+    _one_line_error(code, err, "--onnx /nonexistent/x.onnx")
+    code, _, err = _cli(capsys, "export", tmp_path / "missing.pt", "--onnx", tmp_path / "x.onnx")
+    _one_line_error(code, err, "does not exist")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    code, _, err = _cli(capsys, "export", run_dir, "--onnx", tmp_path / "x.onnx")
+    _one_line_error(code, err, "onnxruntime is not installed")
+    assert not (tmp_path / "x.onnx").exists()
