@@ -13,12 +13,17 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "setup", "info", "is_main", "barrier", "all_reduce_sum"]
+from students.errors import UserError
+
+__all__ = ["DistInfo", "RankStopped", "RunStopped", "setup", "info", "is_main", "barrier", "all_reduce_sum",
+           "is_peer_failure", "stop_listening"]
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +47,37 @@ class DistInfo:
 _INFO = DistInfo()
 
 
+class RankStopped(Exception):
+    """torchrun sent this rank SIGTERM: it stops the other workers when one of them fails."""
+
+
+class RunStopped(UserError):
+    """A data-parallel run ended early because a rank failed; the run directory is intact and resumable."""
+
+    exit_code = 1
+
+
+def _on_sigterm(signum, frame) -> None:
+    stop_listening()  # one is enough: the rank is on its way out
+    raise RankStopped("stopped by torchrun (SIGTERM)")
+
+
+def stop_listening() -> None:
+    """Ignore torchrun's SIGTERM from now on: this rank has decided to stop and is saying why."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` says another rank went away (rather than a fault of this rank's own)."""
+    if isinstance(err, (RankStopped, dist.DistError)):
+        return True
+    text = str(err)
+    # gloo reports a dead peer as a plain RuntimeError from its transport.
+    return isinstance(err, RuntimeError) and any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe"))
+
+
 def setup(device_type: str) -> DistInfo:
     """Join the process group torchrun describes in the environment (a no-op for a single process)."""
     global _INFO
@@ -57,6 +93,10 @@ def setup(device_type: str) -> DistInfo:
     # A rank that dies leaves the others waiting in a collective; the timeout turns that hang into an error.
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=int(os.environ.get("DISTILL_DIST_TIMEOUT_MIN", "10"))))
     _INFO = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+    if threading.current_thread() is threading.main_thread():
+        # torchrun stops the surviving workers with SIGTERM when one fails: turn that into an exception, so
+        # checkpoint writes roll back (atomic_save) and the rank says where the run stands.
+        signal.signal(signal.SIGTERM, _on_sigterm)
     _logger.debug("rank %d of %d joined (%s)", _INFO.rank, _INFO.world_size, backend)
     return _INFO
 
@@ -85,4 +125,6 @@ def cleanup() -> None:
     global _INFO
     if dist.is_initialized():
         dist.destroy_process_group()
+    if _INFO.distributed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _INFO = DistInfo()

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import random
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -424,50 +425,60 @@ def fit(
     session_start = time.perf_counter()
     epochs_this_session = 0
     last_eval: dict[str, float] = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        if stop_after is not None and epochs_this_session >= stop_after:
-            reporter.message(f"stopping after {stop_after} epoch(s) as asked; continue with --resume {run_dir}")
-            break
-        _seed_epoch(cfg.seed, epoch)
-        train_loader.set_epoch(epoch)
-        loss_fn.set_epoch(epoch)  # DKD's warm-up of the distillation term
-        epoch_start = time.perf_counter()
-        reporter.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
-        stats = train_one_epoch(
-            train_model, train_loader, loss_fn=loss_fn, optimizer=optimizer, lr_fn=lr_fn, first_step=step,
-            device=device, teacher=teacher, mixer=mixer, ema=ema, amp=cfg.amp, reporter=reporter,
-            after_backward=run.after_backward,
-        )
-        step = int(stats.pop("steps"))
-        record: dict[str, Any] = {"epoch": epoch + 1, **stats}
-        is_last = epoch + 1 == cfg.epochs
-        if (epoch + 1) % cfg.eval_every == 0 or is_last:
-            last_eval = evaluate(forward_model, test_loader, device=device, amp=cfg.amp)
-            record.update(test_top1=last_eval["top1"], test_loss=last_eval["loss"])
-            if ema is not None:
-                record["ema_top1"] = evaluate(with_adapter(ema.module), test_loader, device=device, amp=cfg.amp)["top1"]
-        record["seconds"] = time.perf_counter() - epoch_start  # training plus evaluation
-        improved = "test_top1" in record and record["test_top1"] > best_top1
-        if improved:
-            best_top1 = record["test_top1"]
-        records.append(record)
-        if world.is_main:
-            _write_metrics(run_dir, records)
-        elapsed = elapsed_before + time.perf_counter() - session_start
-        meta = {"epoch": epoch + 1, "step": step, "elapsed_s": elapsed, "best_top1": best_top1,
-                "teacher_top1": teacher_top1, "config": cfg.to_dict(),
-                # The normalisation the weights were trained with: a teacher re-normalises its inputs by it.
-                "data_mean": list(data.mean), "data_std": list(data.std), "classes": list(data.classes)}
-        if improved and world.is_main:
-            save_checkpoint(run_dir / BEST_CKPT, model, arch=run.arch, meta={**meta, "top1": best_top1})
-        if world.is_main:
-            save_checkpoint(
-                run_dir / LAST_CKPT, model, arch=run.arch, meta={**meta, "world_size": world.world_size},
-                optimizer=optimizer.state_dict(), rng=_rng_state(device),
-                ema_state_dict=None if ema is None else {k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
-            )
-        reporter.end_epoch(record)
-        epochs_this_session += 1
+    saved_epoch = start_epoch
+    try:
+            for epoch in range(start_epoch, cfg.epochs):
+                if stop_after is not None and epochs_this_session >= stop_after:
+                    reporter.message(f"stopping after {stop_after} epoch(s) as asked; continue with --resume {run_dir}")
+                    break
+                _seed_epoch(cfg.seed, epoch)
+                train_loader.set_epoch(epoch)
+                loss_fn.set_epoch(epoch)  # DKD's warm-up of the distillation term
+                epoch_start = time.perf_counter()
+                reporter.start_epoch(epoch + 1, cfg.epochs, steps_per_epoch)
+                stats = train_one_epoch(
+                    train_model, train_loader, loss_fn=loss_fn, optimizer=optimizer, lr_fn=lr_fn, first_step=step,
+                    device=device, teacher=teacher, mixer=mixer, ema=ema, amp=cfg.amp, reporter=reporter,
+                    after_backward=run.after_backward,
+                )
+                step = int(stats.pop("steps"))
+                record: dict[str, Any] = {"epoch": epoch + 1, **stats}
+                is_last = epoch + 1 == cfg.epochs
+                if (epoch + 1) % cfg.eval_every == 0 or is_last:
+                    last_eval = evaluate(forward_model, test_loader, device=device, amp=cfg.amp)
+                    record.update(test_top1=last_eval["top1"], test_loss=last_eval["loss"])
+                    if ema is not None:
+                        ema_eval = evaluate(with_adapter(ema.module), test_loader, device=device, amp=cfg.amp)
+                        record["ema_top1"] = ema_eval["top1"]
+                record["seconds"] = time.perf_counter() - epoch_start  # training plus evaluation
+                improved = "test_top1" in record and record["test_top1"] > best_top1
+                if improved:
+                    best_top1 = record["test_top1"]
+                records.append(record)
+                if world.is_main:
+                    _write_metrics(run_dir, records)
+                elapsed = elapsed_before + time.perf_counter() - session_start
+                meta = {"epoch": epoch + 1, "step": step, "elapsed_s": elapsed, "best_top1": best_top1,
+                        "teacher_top1": teacher_top1, "config": cfg.to_dict(),
+                        # The normalisation the weights were trained with: a teacher re-normalises its inputs by it.
+                        "data_mean": list(data.mean), "data_std": list(data.std), "classes": list(data.classes)}
+                if improved and world.is_main:
+                    save_checkpoint(run_dir / BEST_CKPT, model, arch=run.arch, meta={**meta, "top1": best_top1})
+                if world.is_main:
+                    ema_state = None if ema is None else {
+                        k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+                    save_checkpoint(
+                        run_dir / LAST_CKPT, model, arch=run.arch, meta={**meta, "world_size": world.world_size},
+                        optimizer=optimizer.state_dict(), rng=_rng_state(device), ema_state_dict=ema_state,
+                    )
+                saved_epoch = epoch + 1  # rank 0 has written it (the others learn of a failure at the next collective)
+                reporter.end_epoch(record)
+                epochs_this_session += 1
+    except Exception as err:
+        if not (world.distributed and dist.is_peer_failure(err)):
+            raise
+        dist.stop_listening()
+        raise dist.RunStopped(_stopped_message(err, run_dir, world, saved_epoch)) from None
 
     done = bool(records) and records[-1]["epoch"] == cfg.epochs
     summary = _summary(cfg, run, forward_model, ema, test_loader, records, device, teacher_top1, best_top1,
@@ -477,6 +488,17 @@ def fit(
         atomic_write_json(run_dir / SUMMARY_FILE, summary)
     dist.barrier()  # nobody reads the run directory before rank 0 has written it
     return summary
+
+
+def _stopped_message(err: BaseException, run_dir: Path, world: dist.DistInfo, saved_epoch: int) -> str:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0][:120]  # gloo prefixes its source location
+    if saved_epoch:
+        where = f"{run_dir / LAST_CKPT} holds epoch {saved_epoch}: continue with --resume {run_dir}"
+    else:
+        where = "no epoch had finished, so nothing was saved: run the same command again"
+    return (f"rank {world.rank} of {world.world_size}: training stopped because another rank failed or torchrun "
+            f"stopped the run ({reason}); the failing rank's error is above. {where}")
 
 
 def eval_label(cfg: TrainConfig, data: ImageDataset) -> str:

@@ -61,7 +61,7 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
             return int(main(argv) or 0)
         except UserError as err:
             err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-            return EXIT_USAGE
+            return getattr(err, "exit_code", EXIT_USAGE)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             return 130

@@ -11,3 +11,5 @@ class UserError(ValueError):
     The message is one line saying what is wrong and how to fix it; the command-line tools print it and
     exit with status 2 instead of showing a traceback.
     """
+
+    exit_code = 2

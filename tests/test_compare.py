@@ -23,22 +23,14 @@ from distill.compare import (
     to_csv,
     to_markdown,
 )
+from cli_helpers import assert_one_line_error, invoke
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STUDENTS = ("r1_1_c8", "r1_1_c4")
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert fragment in err, err
+    return invoke(main, capsys, *args)
 
 
 def _render(table) -> str:
@@ -178,18 +170,18 @@ def test_compare_cli_writes_outputs_and_shows_sorted_rows(capsys, runs: dict[str
 def test_compare_bad_input_gets_one_line_and_exit_2(capsys, runs: dict[str, Path], tmp_path: Path) -> None:
     run = runs["r1_1_c4"]
     code, out, err = _cli(capsys, "compare", run, "--sort", "accuracy")
-    _one_line_error(code, err, "unknown --sort column 'accuracy'")
+    assert_one_line_error(code, err, "unknown --sort column 'accuracy'")
     assert "top1" in err and "params" in err and "latency_ms" in err and not out
     code, _, err = _cli(capsys, "compare")
-    _one_line_error(code, err, "no run directories given")
+    assert_one_line_error(code, err, "no run directories given")
     code, _, err = _cli(capsys, "compare", tmp_path / "nope1", tmp_path / "nope2")
-    _one_line_error(code, err, "no run directories matched")
+    assert_one_line_error(code, err, "no run directories matched")
     code, _, err = _cli(capsys, "compare", str(tmp_path / "none-*"))  # a pattern the shell left unexpanded
-    _one_line_error(code, err, "no run directories matched")
+    assert_one_line_error(code, err, "no run directories matched")
     code, out, err = _cli(capsys, "compare", run, "--csv", "/nonexistent/x.csv")
-    _one_line_error(code, err, "--csv /nonexistent/x.csv")
+    assert_one_line_error(code, err, "--csv /nonexistent/x.csv")
     assert not out  # checked before any work: no table was printed
     code, out, err = _cli(capsys, "compare", run, "--plot", tmp_path)  # a directory, not a file
-    _one_line_error(code, err, "is a directory")
+    assert_one_line_error(code, err, "is a directory")
     code, _, err = _cli(capsys, "compare", run, "--budget", "lots")
-    _one_line_error(code, err, "not a size")
+    assert_one_line_error(code, err, "not a size")

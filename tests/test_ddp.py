@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC = "r2_11_c8-16"
 
 
-def _torchrun(*args, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(*args, nproc: int = 2, script: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    target = [str(script)] if script else ["-m", "distill"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "distill", *map(str, args)]
+           *target, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
 
 
@@ -75,3 +76,25 @@ def test_world_size_larger_than_the_batches_fails_clearly(cifar_subset_dir: Path
     assert proc.returncode != 0
     assert "x 2 ranks is larger than the 300 training images" in proc.stdout + proc.stderr
     assert not (tmp_path / "big" / "last.pt").exists()
+
+
+def test_a_rank_failing_mid_run_leaves_a_resumable_run(cifar_subset_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [*_common(cifar_subset_dir), "--epochs", "4", "--batch-size", "25", "--out", run]
+    proc = _torchrun(*args, script=REPO / "tests" / "ddp_fault.py")  # rank 1 raises in its third epoch
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "injected failure on rank 1" in output  # the failing rank's own error
+    # Rank 0 says what happened and where the run stands, in one line, without a traceback of its own.
+    lines = [line for line in output.splitlines() if "rank 0 of 2: training stopped" in line]
+    assert len(lines) == 1, output[-3000:]
+    assert "--resume" in lines[0]
+    # No half-written checkpoint: last.pt is a complete earlier epoch, and no temporary file is left behind.
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    epoch = torch.load(run / "last.pt", weights_only=True)["meta"]["epoch"]
+    assert epoch in (1, 2) and f"holds epoch {epoch}" in lines[0]
+    assert not (run / "summary.json").exists() or not json.loads((run / "summary.json").read_text())["complete"]
+    # Nothing lost: the run finishes from there in one process.
+    assert main(["run", "--resume", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] and summary["epochs_done"] == 4

@@ -12,23 +12,15 @@ import students
 from distill.cli import main
 from distill.config import TrainConfig
 from distill.recipes import RECIPES, recipe_overrides
+from cli_helpers import assert_one_line_error, invoke
 
 TINY_TEACHER = "r2_11_c8-16"
 TINY_STUDENT = "r1_1_c8"
 COMMON = ["--epochs", "2", "--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--seed", "3"]
 
 
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert fragment in err, err
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    return invoke(main, capsys, *args)
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +114,13 @@ def test_stored_teacher_is_trained_once_and_reused(capsys, cifar_subset_dir: Pat
 def test_bad_input_gets_one_line_and_exit_2(capsys, cifar_subset_dir: Path, teacher_run: Path, tmp_path: Path) -> None:
     data = ["--data", str(cifar_subset_dir), "--epochs", "1", "--device", "cpu"]
     code, _, err = _cli(capsys, "run", "--teacher", "resnet5O", "--student", TINY_STUDENT, *data, "--out", tmp_path / "x")
-    _one_line_error(code, err, "resnet50")
+    assert_one_line_error(code, err, "resnet50")
     code, _, err = _cli(capsys, "run", "--student", "r4_332", *data, "--out", tmp_path / "x")
-    _one_line_error(code, err, "block-count")
+    assert_one_line_error(code, err, "block-count")
     code, _, err = _cli(capsys, "run", "--student", "r4_3323", "--max-params", "1M", *data, "--out", tmp_path / "x")
-    _one_line_error(code, err, "over the budget")
+    assert_one_line_error(code, err, "over the budget")
     code, _, err = _cli(capsys, "run", "--student", TINY_STUDENT, "--data", tmp_path / "nope", "--out", tmp_path / "x")
-    _one_line_error(code, err, "does not exist")
+    assert_one_line_error(code, err, "does not exist")
     assert not (tmp_path / "x").exists()  # nothing was written for any of the above
 
     # A teacher trained for another number of classes.
@@ -136,22 +128,22 @@ def test_bad_input_gets_one_line_and_exit_2(capsys, cifar_subset_dir: Path, teac
     students.save_checkpoint(other, students.create(TINY_TEACHER, num_classes=3))
     code, _, err = _cli(capsys, "run", "--teacher", TINY_TEACHER, "--teacher-ckpt", other, "--student",
                         TINY_STUDENT, *data, "--out", tmp_path / "x")
-    _one_line_error(code, err, "3 classes")
+    assert_one_line_error(code, err, "3 classes")
     # A truncated checkpoint.
     broken = tmp_path / "broken.pt"
     broken.write_bytes((teacher_run / "best.pt").read_bytes()[:300])
     code, _, err = _cli(capsys, "run", "--teacher", TINY_TEACHER, "--teacher-ckpt", broken, "--student",
                         TINY_STUDENT, *data, "--out", tmp_path / "x")
-    _one_line_error(code, err, "corrupt")
+    assert_one_line_error(code, err, "corrupt")
     code, _, err = _cli(capsys, "eval", broken, "--data", cifar_subset_dir)
-    _one_line_error(code, err, "corrupt")
+    assert_one_line_error(code, err, "corrupt")
     # --resume on a directory with no checkpoint, and --out onto an existing run.
     (tmp_path / "empty").mkdir()
     code, _, err = _cli(capsys, "run", "--resume", tmp_path / "empty")
-    _one_line_error(code, err, "not a run directory")
+    assert_one_line_error(code, err, "not a run directory")
     before = (teacher_run / "config.json").read_text()
     code, _, err = _cli(capsys, "teacher", "--teacher", TINY_TEACHER, *data, "--out", teacher_run)
-    _one_line_error(code, err, "already holds a run")
+    assert_one_line_error(code, err, "already holds a run")
     assert (teacher_run / "config.json").read_text() == before
     with pytest.raises(SystemExit) as exit_info:  # argparse rejects unknown choices itself, in one line
         main(["run", "--recipe", "seed009", *data])
@@ -183,7 +175,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(capsys, cifar_subset_dir:
     out = tmp_path / "nan"
     code, _, err = _cli(capsys, "run", "--student", TINY_STUDENT, "--data", cifar_subset_dir, "--epochs", "3",
                         "--batch-size", "50", "--device", "cpu", "--out", out)
-    _one_line_error(code, err, "loss became nan")
+    assert_one_line_error(code, err, "loss became nan")
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["meta"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -14,6 +14,7 @@ import torch
 import students
 from distill.cli import main
 from distill.export import ExportError, check_onnx, export_onnx, record_latency
+from cli_helpers import assert_one_line_error, invoke
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -21,16 +22,7 @@ STUDENT = "r1_1_c4"
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(code: int, err: str, fragment: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert fragment in err, err
+    return invoke(main, capsys, *args)
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +94,12 @@ def test_record_latency_keeps_other_devices(tmp_path: Path) -> None:
 
 def test_export_bad_input_gets_one_line_and_exit_2(capsys, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
     code, _, err = _cli(capsys, "export", run_dir)
-    _one_line_error(code, err, "nothing to do")
+    assert_one_line_error(code, err, "nothing to do")
     code, _, err = _cli(capsys, "export", run_dir, "--onnx", "/nonexistent/x.onnx")
-    _one_line_error(code, err, "--onnx /nonexistent/x.onnx")
+    assert_one_line_error(code, err, "--onnx /nonexistent/x.onnx")
     code, _, err = _cli(capsys, "export", tmp_path / "missing.pt", "--onnx", tmp_path / "x.onnx")
-    _one_line_error(code, err, "does not exist")
+    assert_one_line_error(code, err, "does not exist")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     code, _, err = _cli(capsys, "export", run_dir, "--onnx", tmp_path / "x.onnx")
-    _one_line_error(code, err, "onnxruntime is not installed")
+    assert_one_line_error(code, err, "onnxruntime is not installed")
     assert not (tmp_path / "x.onnx").exists()

@@ -14,14 +14,13 @@ import students
 from distill.cli import main as distill_main
 from prune import IMPORTANCES, PruneError, PruneSettings, measure, prune_by_ratio, prune_to_target
 from prune.cli import main
+from cli_helpers import invoke
 
 SPEC = "r3_111_c16-32-64"  # 78,042 parameters: big enough for 2% budgets, small enough for seconds on a CPU
 
 
 def _cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(main, capsys, *args)
 
 
 @pytest.mark.parametrize("kind", ["params", "macs"])

@@ -12,6 +12,7 @@ from torch import nn
 
 import students
 from students import SpecError, format_spec, parse_spec
+from cli_helpers import invoke
 
 # Reference parameter counts for 10 classes: seeds 000, 002 and 003 are the reports' own figures; 001 is the
 # issue's count for its 4.9M ResNet-18 cut; 004 is ours (the Keras original with biased, BN-free projections
@@ -222,13 +223,10 @@ def test_checkpoint_never_unpickles_code(tmp_path) -> None:
         students.load_checkpoint(path)
 
 
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the ``students`` CLI in-process (importing torch in a subprocess costs seconds)."""
+def _cli(capsys, *args) -> tuple[int, str, str]:
     from students.cli import main
 
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(main, capsys, *args)
 
 
 def test_cli_list_and_show(capsys) -> None:
