@@ -39,3 +39,10 @@ def test_e2e_smoke(tmp_path: Path) -> None:
     text = (results / "RESULTS.md").read_text()
     assert "<!-- e2e:smoke:start -->" in text and "| pruned |" in text
     assert (results / "e2e_smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Run again: every finished stage is reused (an interrupted benchmark continues where it stopped), and the
+    # same numbers come out.
+    assert e2e.main(["--smoke", "--work", str(work), "--results", str(results), "--device", "cpu",
+                     "--data", str(tarball)]) == 0
+    again = json.loads((results / "e2e_smoke.json").read_text())["runs"][0]
+    assert all(stage["reused"] for stage in again.values())
+    assert {k: v["top1_last"] for k, v in again.items()} == {k: v["top1_last"] for k, v in run.items()}
