@@ -11,7 +11,8 @@ Stages, each a run directory under ``--work``:
 then ``distill compare --plot`` over the five. Results go to ``docs/RESULTS.md`` (a block between markers,
 replaced on each run of the same scale) and ``docs/e2e_<scale>.json``.
 
-    python benchmarks/e2e.py --scale cpu      # small teacher, ~83k-parameter student, about 45 min on 2 cores
+    python benchmarks/e2e.py --scale cpu      # small teacher, 83k-parameter student: 62 min measured on 2 cores
+    python benchmarks/e2e.py --scale cpu-narrow   # same teacher (reused), a narrower 91k-parameter student
     python benchmarks/e2e.py --scale gpu      # resnet50 teacher (cifar mode), r4_3323 student, full schedules
     python benchmarks/e2e.py --smoke --work /tmp/e2e --results /tmp/e2e   # a few hundred images, 1 epoch each
 """
@@ -55,6 +56,9 @@ SCALES = {
     # Measured per epoch there: teacher 159 s, student ~40 s alone and ~90 s with the teacher's forward.
     "cpu": Scale(teacher="r3_111_c32-64-128", student="r3_211_c16-32-64", teacher_epochs=6, student_epochs=6,
                  finetune_epochs=3, batch_size=256, lr=0.2, mixup=0.2, cutmix=1.0, mix_prob=0.5),
+    # Same teacher (its run is reused when present), a narrower and cheaper student: a wider teacher-student gap.
+    "cpu-narrow": Scale(teacher="r3_111_c32-64-128", student="r3_111_c16-32-72", teacher_epochs=6, student_epochs=6,
+                        finetune_epochs=3, batch_size=256, lr=0.2, mixup=0.2, cutmix=1.0, mix_prob=0.5),
     # One H100: a CIFAR-mode ResNet-50 teacher and seed report 000's student, full schedules, two seeds.
     "gpu": Scale(teacher="resnet50", student="r4_3323", teacher_epochs=200, student_epochs=200,
                  finetune_epochs=60, batch_size=512, lr=0.4, mixup=0.8, cutmix=1.0, mix_prob=1.0, seeds=(0, 1)),
@@ -211,7 +215,7 @@ def _replace_block(path: Path, scale_name: str, block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--scale", choices=("cpu", "cpu-narrow", "gpu"), default="cpu")
     parser.add_argument("--smoke", action="store_true", help="a few hundred images, one epoch per stage")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CIFAR-10 (default: ../shared/data tarball)")
     parser.add_argument("--work", type=Path, default=None, help="where the run directories go")

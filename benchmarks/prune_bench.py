@@ -26,13 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from e2e import _replace_block, _run  # noqa: E402
+from e2e import _replace_block, _stage  # noqa: E402
 
 SCALES = {
     "cpu": {"wide": "r3_111_c24-48-96", "finetune_epochs": 3, "wide_epochs": 4, "wide_finetune_epochs": 2,
             "finetune_lr": 0.05},
     "gpu": {"wide": "r4_2222_c64-128-256-512", "finetune_epochs": 60, "wide_epochs": 140, "wide_finetune_epochs": 60,
             "finetune_lr": 0.1},
+    # The test's smoke mode, on the end-to-end benchmark's smoke runs (a few hundred images).
+    "smoke": {"wide": "r3_111_c24-48-96", "finetune_epochs": 1, "wide_epochs": 1, "wide_finetune_epochs": 1,
+              "finetune_lr": 0.02},
 }
 
 
@@ -63,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     a_cmd = [*py, "prune", str(args.distilled), "--target-macs", str(src["macs"] // 2), "--global",
              "--finetune-epochs", str(scale["finetune_epochs"]), "--lr", str(scale["finetune_lr"]),
              "--device", args.device, "--out", str(a_dir)]
-    print(" ".join(a_cmd), flush=True)
-    _run(a_cmd, work / "a.log")
-    a = _summary(a_dir)
+    a = _stage("(a) pruned", a_cmd, a_dir, [*py, "prune", "--resume", str(a_dir)], work / "a.log")
 
     # (b) a wider student distilled, pruned to the direct student's size, fine-tuned; same total epochs.
     direct = _summary(args.direct)
@@ -75,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                 "--student", scale["wide"], "--data", direct_cfg["data"], "--epochs", str(scale["wide_epochs"]),
                 "--batch-size", str(direct_cfg["batch_size"]), "--lr", str(direct_cfg["lr"]),
                 "--seed", str(direct_cfg["seed"]), "--device", args.device, "--out", str(wide_dir)]
-    if not (wide_dir / "summary.json").exists():
-        print(" ".join(wide_cmd), flush=True)
-        _run(wide_cmd, work / "b-wide.log")
+    for key in ("train_subset", "test_subset"):  # the same images as the direct run
+        if direct_cfg.get(key):
+            wide_cmd[-2:-2] = [f"--{key.replace('_', '-')}", str(direct_cfg[key])]
+    wide = _stage("(b) wide", wide_cmd, wide_dir, [*py, "distill", "run", "--resume", str(wide_dir)],
+                  work / "b-wide.log")
     b_cmd = [*py, "prune", str(wide_dir), "--target-params", str(direct["num_params"]), "--global",
              "--finetune-epochs", str(scale["wide_finetune_epochs"]), "--lr", str(scale["finetune_lr"]),
              "--device", args.device, "--out", str(b_dir)]
-    print(" ".join(b_cmd), flush=True)
-    _run(b_cmd, work / "b.log")
-    wide, b = _summary(wide_dir), _summary(b_dir)
+    b = _stage("(b) pruned", b_cmd, b_dir, [*py, "prune", "--resume", str(b_dir)], work / "b.log")
 
     from distill.engine import git_commit
 

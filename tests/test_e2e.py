@@ -22,6 +22,7 @@ def test_e2e_smoke(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import e2e
+        import prune_bench
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     work, results = tmp_path / "work", tmp_path / "results"
@@ -46,3 +47,12 @@ def test_e2e_smoke(tmp_path: Path) -> None:
     again = json.loads((results / "e2e_smoke.json").read_text())["runs"][0]
     assert all(stage["reused"] for stage in again.values())
     assert {k: v["top1_last"] for k, v in again.items()} == {k: v["top1_last"] for k, v in run.items()}
+
+    # The pruning benchmark on the same runs: (a) half the MACs, (b) a wider student pruned to the small size.
+    assert prune_bench.main(["--scale", "smoke", "--teacher-run", str(work / "teacher"),
+                             "--distilled", str(work / "kd_mix-s0"), "--direct", str(work / "kd-s0"),
+                             "--work", str(tmp_path / "prune"), "--results", str(results), "--device", "cpu"]) == 0
+    bench = json.loads((results / "prune_smoke.json").read_text())
+    assert bench["a"]["pruned"]["macs"] <= bench["a"]["source"]["macs"] / 2
+    assert 0.98 * bench["b"]["direct"]["num_params"] <= bench["b"]["pruned"]["num_params"] <= bench["b"]["direct"]["num_params"]
+    assert "<!-- e2e:prune-smoke:start -->" in (results / "RESULTS.md").read_text()
