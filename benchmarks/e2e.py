@@ -132,9 +132,9 @@ def _stage(name: str, cmd: list[str], run_dir: Path, resume_cmd: list[str], log:
     that an interrupted benchmark continues where it stopped. Wall times come from the runs' own summaries,
     which add up the time of every session of a resumed run."""
     record = {"command": " ".join(cmd)}
-    if (run_dir / "summary.json").exists() and _summary(run_dir)["complete"]:
+    if (run_dir / "summary.json").exists() and (summary := _summary(run_dir))["complete"]:
         print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: reusing the finished run {run_dir}", flush=True)
-        return {**record, "reused": True, **_summary(run_dir)}
+        return {**record, "reused": True, **summary}
     if (run_dir / "last.pt").exists():
         cmd, record["resumed"] = resume_cmd, True
         log = log.with_name(log.stem + "-resume.log")

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from e2e import _replace_block, _stage  # noqa: E402
+from e2e import _replace_block, _stage, _summary  # noqa: E402
 
 SCALES = {
     "cpu": {"wide": "r3_111_c24-48-96", "finetune_epochs": 3, "wide_epochs": 4, "wide_finetune_epochs": 2,
@@ -37,10 +37,6 @@ SCALES = {
     "smoke": {"wide": "r3_111_c24-48-96", "finetune_epochs": 1, "wide_epochs": 1, "wide_finetune_epochs": 1,
               "finetune_lr": 0.02},
 }
-
-
-def _summary(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     direct = _summary(args.direct)
     direct_cfg = json.loads((args.direct / "config.json").read_text())
     wide_dir, b_dir = work / "b-wide", work / "b-pruned"
+    subset = []  # the same images as the direct run
+    for key in ("train_subset", "test_subset"):
+        if direct_cfg.get(key):
+            subset += [f"--{key.replace('_', '-')}", str(direct_cfg[key])]
     wide_cmd = [*py, "distill", "run", "--teacher", direct_cfg["teacher"], "--teacher-ckpt", str(args.teacher_run),
                 "--student", scale["wide"], "--data", direct_cfg["data"], "--epochs", str(scale["wide_epochs"]),
                 "--batch-size", str(direct_cfg["batch_size"]), "--lr", str(direct_cfg["lr"]),
-                "--seed", str(direct_cfg["seed"]), "--device", args.device, "--out", str(wide_dir)]
-    for key in ("train_subset", "test_subset"):  # the same images as the direct run
-        if direct_cfg.get(key):
-            wide_cmd[-2:-2] = [f"--{key.replace('_', '-')}", str(direct_cfg[key])]
+                "--seed", str(direct_cfg["seed"]), *subset, "--device", args.device, "--out", str(wide_dir)]
     wide = _stage("(b) wide", wide_cmd, wide_dir, [*py, "distill", "run", "--resume", str(wide_dir)],
                   work / "b-wide.log")
     b_cmd = [*py, "prune", str(wide_dir), "--target-params", str(direct["num_params"]), "--global",

@@ -62,20 +62,23 @@ def _on_sigterm(signum, frame) -> None:
     raise RankStopped("stopped by torchrun (SIGTERM)")
 
 
+def _handle_sigterm(handler) -> None:
+    if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+        signal.signal(signal.SIGTERM, handler)
+
+
 def stop_listening() -> None:
     """Ignore torchrun's SIGTERM from now on: this rank has decided to stop and is saying why."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _handle_sigterm(signal.SIG_IGN)
 
 
 def is_peer_failure(err: BaseException) -> bool:
     """Whether ``err`` says another rank went away (rather than a fault of this rank's own)."""
-    if isinstance(err, (RankStopped, dist.DistError)):
+    if isinstance(err, (RankStopped, dist.DistError)):  # DistError covers NCCL's DistBackendError
         return True
-    text = str(err)
     # gloo reports a dead peer as a plain RuntimeError from its transport.
     return isinstance(err, RuntimeError) and any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe"))
+        s in str(err) for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 def setup(device_type: str) -> DistInfo:
@@ -93,10 +96,9 @@ def setup(device_type: str) -> DistInfo:
     # A rank that dies leaves the others waiting in a collective; the timeout turns that hang into an error.
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=int(os.environ.get("DISTILL_DIST_TIMEOUT_MIN", "10"))))
     _INFO = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
-    if threading.current_thread() is threading.main_thread():
-        # torchrun stops the surviving workers with SIGTERM when one fails: turn that into an exception, so
-        # checkpoint writes roll back (atomic_save) and the rank says where the run stands.
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    # torchrun stops the surviving workers with SIGTERM when one fails: turn that into an exception, so
+    # checkpoint writes roll back (atomic_save) and the rank says where the run stands.
+    _handle_sigterm(_on_sigterm)
     _logger.debug("rank %d of %d joined (%s)", _INFO.rank, _INFO.world_size, backend)
     return _INFO
 
@@ -125,6 +127,6 @@ def cleanup() -> None:
     global _INFO
     if dist.is_initialized():
         dist.destroy_process_group()
-    if _INFO.distributed and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _INFO.distributed:
+        _handle_sigterm(signal.SIG_DFL)
     _INFO = DistInfo()
