@@ -225,6 +225,7 @@ def resolve_teacher(
         channels_last=cfg.channels_last, compile=cfg.compile,
     )
     model, _, adapter = build_trainee(teacher_cfg, data)
+    reporter.message(f"timing a few training steps of {cfg.teacher} to estimate what training a teacher costs")
     seconds = estimate_train_seconds(model if adapter is None else nn.Sequential(adapter, model), teacher_cfg, data)
     reporter.message(
         f"no stored teacher for {cfg.teacher} on this data: training one first ({teacher_cfg.epochs} epochs, "
