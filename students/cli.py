@@ -19,6 +19,8 @@ from .registry import PRESETS, create, resolve
 from .sizes import format_count, parse_count
 from .spec import format_spec
 
+MAX_INPUT_SIZE = 1024  # pixels; students are built for 32x32 images
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="students", description="CIFAR-style residual students under 5M parameters.")
@@ -54,6 +56,8 @@ def _list() -> None:
 def _show(args: argparse.Namespace) -> None:
     if args.num_classes < 1:
         raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
+    if not 1 <= args.input_size <= MAX_INPUT_SIZE:  # the cost is measured on a real input of this size
+        raise UserError(f"--input-size must be 1..{MAX_INPUT_SIZE} pixels, got {args.input_size}")
     max_params = parse_count(args.max_params, "--max-params") if args.max_params else None
     spec = resolve(args.spec)
     model = create(spec, num_classes=args.num_classes, max_params=max_params)

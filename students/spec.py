@@ -41,7 +41,7 @@ DEFAULT_CHANNELS: dict[int, tuple[int, ...]] = {
 MAX_STAGES = max(DEFAULT_CHANNELS)
 
 _EXAMPLE = "e.g. r4_3323 or r3_443_c64-128-256_d0.4"
-_HEAD_RE = re.compile(r"^r(\d+)$")
+_HEAD_RE = re.compile(r"^r([0-9]{1,4})$")
 
 
 class SpecError(UserError):
@@ -130,33 +130,40 @@ def format_spec(spec: StudentSpec) -> str:
 
 
 def _digits(text: str, what: str, n: int) -> tuple[int, ...]:
-    if not text.isdigit():
-        raise SpecError(f"{what} must be one digit per stage, got {text!r} ({_EXAMPLE})")
+    if not (text.isascii() and text.isdigit()):
+        raise SpecError(f"{what} must be one digit per stage, got {text[:20]!r} ({_EXAMPLE})")
     if len(text) != n:
-        raise SpecError(f"{n} stages need {n} {what} digits, got {len(text)} ({text!r})")
+        raise SpecError(f"{n} stages need {n} {what} digits, got {len(text)} ({text[:20]!r})")
     return tuple(int(c) for c in text)
 
 
+_MAX_DIGITS = 9  # a width or kernel of a billion is already far beyond any buildable student
+
+
 def _positive_int(text: str, what: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise SpecError(f"{what} must be a positive whole number, got {text!r}")
-    return int(text)
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdigit()) or not digits:
+        raise SpecError(f"{what} must be a positive whole number, got {text[:20]!r}")
+    if len(digits) > _MAX_DIGITS:
+        raise SpecError(f"{what} {text[:12]}... has more than {_MAX_DIGITS} digits; no student is that wide")
+    return int(digits)
 
 
 def parse_spec(text: str) -> StudentSpec:
     """Parse a spec string such as ``r4_3323_c64-128-128-256``; raise :class:`SpecError` when malformed."""
     if not isinstance(text, str) or not text:
         raise SpecError(f"empty student spec ({_EXAMPLE})")
+    shown = repr(text) if len(text) <= 80 else repr(text[:77] + "...")  # error messages stay one short line
     head, *rest = text.split("_")
     match = _HEAD_RE.match(head)
     if not match or not rest:
-        raise SpecError(f"{text!r} is not a student spec: expected rN_B1..BN ({_EXAMPLE})")
+        raise SpecError(f"{shown} is not a student spec: expected rN_B1..BN ({_EXAMPLE})")
     n = int(match.group(1))
     if not 1 <= n <= MAX_STAGES:
-        raise SpecError(f"{text!r}: a student has 1 to {MAX_STAGES} stages, not {n} ({_EXAMPLE})")
+        raise SpecError(f"{shown}: a student has 1 to {MAX_STAGES} stages, not {n} ({_EXAMPLE})")
     blocks_text, *suffixes = rest
     if not blocks_text:
-        raise SpecError(f"{text!r}: no block counts after 'r{n}_'; write one digit per stage ({_EXAMPLE})")
+        raise SpecError(f"{shown}: no block counts after 'r{n}_'; write one digit per stage ({_EXAMPLE})")
     try:
         blocks = _digits(blocks_text, "block-count", n)
         fields: dict[str, object] = {}
@@ -192,7 +199,7 @@ def parse_spec(text: str) -> StudentSpec:
                     raise SpecError(f"dropout must be in (0, 1), got {value} ('_{part}')")
         return StudentSpec(blocks, **fields)  # type: ignore[arg-type]
     except SpecError as err:
-        raise SpecError(f"{text!r}: {err}") from None
+        raise SpecError(f"{shown}: {err}") from None
 
 
 def suggest(name: str, candidates: list[str], n: int = 3) -> str:
