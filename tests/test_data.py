@@ -19,6 +19,8 @@ from PIL import Image
 
 import distill.data as data
 from distill.data import DataError, DeviceLoader, ImageDataset, load_dataset, normalize
+from distill.data import cache as data_cache
+from distill.data import decode, unpickle
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SUBSET_TRAIN_PER_CLASS, SUBSET_TEST_PER_CLASS = 30, 10  # what the cifar_subset_dir fixture extracts (conftest.py)
@@ -48,19 +50,19 @@ def _fail_if_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("images were decoded although the cache should have answered")
 
-    monkeypatch.setattr(data, "_decode_images", refuse)
+    monkeypatch.setattr(decode, "decode_images", refuse)
 
 
 def _count_decoding(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record the number of images of every decode; an empty list means every load hit the cache."""
     calls: list[int] = []
-    original = data._decode_images
+    original = decode.decode_images
 
     def spy(named: list, **kwargs: object) -> np.ndarray:
         calls.append(len(named))
         return original(named, **kwargs)
 
-    monkeypatch.setattr(data, "_decode_images", spy)
+    monkeypatch.setattr(decode, "decode_images", spy)
     return calls
 
 
@@ -112,6 +114,30 @@ class _RunsShell:
         return os.system, (f"touch {self.marker}",)
 
 
+# ---- the package ---------------------------------------------------------------------------------
+
+
+def test_public_names_come_from_the_package() -> None:
+    # The rest of the code imports these from distill.data; each module of the package has one job.
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    assert data.DeviceLoader.__module__ == "distill.data.loader"
+    assert data.ImageDataset.__module__ == "distill.data.dataset"
+    assert data.load_dataset.__module__ == "distill.data.sources"
+
+
+def test_no_function_in_the_package_is_over_80_lines() -> None:
+    import ast
+
+    package = Path(data.__file__).parent
+    long = []
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{module.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
+
+
 # ---- ImageFolder ---------------------------------------------------------------------------------
 
 
@@ -139,9 +165,9 @@ def test_worker_pool_decodes_the_same_as_one_process(
     cifar_subset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     serial = load_dataset(cifar_subset_dir, cache_dir=tmp_path / "serial")
-    monkeypatch.setattr(data, "_POOL_MIN_IMAGES", 0)
-    monkeypatch.setattr(data, "_CHUNK_IMAGES", 64)  # several chunks per worker, out-of-order completion
-    monkeypatch.setattr(data, "_available_cpus", lambda: 2)
+    monkeypatch.setattr(decode, "_POOL_MIN_IMAGES", 0)
+    monkeypatch.setattr(decode, "_CHUNK_IMAGES", 64)  # several chunks per worker, out-of-order completion
+    monkeypatch.setattr(decode, "_available_cpus", lambda: 2)
     pooled = load_dataset(cifar_subset_dir, cache_dir=tmp_path / "pooled")
     assert torch.equal(serial.train_images, pooled.train_images) and torch.equal(serial.test_images, pooled.test_images)
 
@@ -294,11 +320,11 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
     assert not marker.exists()
     # The same payload straight through the guard, and the guard still admits plain numpy arrays.
     with pytest.raises(DataError):
-        data._safe_unpickle(pickle.dumps(_RunsShell(marker)), "payload")
+        unpickle.safe_unpickle(pickle.dumps(_RunsShell(marker)), "payload")
     assert not marker.exists()
     array = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
-        assert np.array_equal(data._safe_unpickle(pickle.dumps(array, protocol=protocol), "ok"), array)
+        assert np.array_equal(unpickle.safe_unpickle(pickle.dumps(array, protocol=protocol), "ok"), array)
 
 
 def test_cifar10_offline_is_a_clear_error(tmp_path: Path) -> None:
@@ -393,7 +419,7 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         again = load_dataset(root, cache_dir=tmp_path / "cache")
     assert "ignoring unreadable cache file" in caplog.text
     assert torch.equal(first.train_images, again.train_images)
-    assert data._read_cache(cache_file) is not None  # rewritten whole
+    assert data_cache.read_cache(cache_file) is not None  # rewritten whole
 
 
 # ---- dataset methods -----------------------------------------------------------------------------
