@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from .spec import SpecError, StudentSpec, format_spec, parse_spec
@@ -31,6 +32,17 @@ def default_cfg(num_classes: int = 10) -> dict:
         "classifier": "fc",
         "architecture": "cifar_resnet",
     }
+
+
+def _take_indices(num_levels: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices``, with a ValueError naming ``indices`` instead of an AssertionError."""
+    try:
+        return feature_take_indices(num_levels, indices)
+    except (AssertionError, TypeError) as err:
+        raise ValueError(
+            f"indices={indices!r} do not select feature levels of a student with {num_levels} levels "
+            f"(0 = stem, 1..{num_levels - 1} = stages): {err}"
+        ) from None
 
 
 class BasicBlock(nn.Module):
@@ -85,7 +97,9 @@ class CifarResNet(nn.Module):
     """A residual network for 32x32 images named by a spec string (see :mod:`students.spec`).
 
     Follows timm's classifier contract: ``num_classes``, ``num_features``, ``forward_features``,
-    ``forward_head``, ``get_classifier``, ``reset_classifier`` and ``pretrained_cfg``.
+    ``forward_head``, ``get_classifier``, ``reset_classifier`` and ``pretrained_cfg``; and its feature
+    contract: ``feature_info`` (the stem, then one entry per stage), ``forward_intermediates`` and
+    ``prune_intermediate_layers``, so ``timm.create_model(spec, features_only=True, out_indices=...)`` works.
 
     Args:
         spec: a spec string or :class:`StudentSpec`.
@@ -126,8 +140,6 @@ class CifarResNet(nn.Module):
         self.stem = Stem(in_chans, stem_width, self.spec.stem_pool)
         nominal_in, actual_in = self.spec.stem_channels, stem_width
         stages = []
-        self.feature_info = [{"num_chs": stem_width, "reduction": 2 if self.spec.stem_pool else 1, "module": "stem"}]
-        reduction = self.feature_info[0]["reduction"]
         for i, (n_blocks, chs, kernel) in enumerate(
             zip(self.spec.blocks, self.spec.stage_channels, self.spec.stage_kernels)
         ):
@@ -147,9 +159,7 @@ class CifarResNet(nn.Module):
                     raise SpecError(f"recorded widths do not fit {self.spec_name} at {name}: {err}") from None
                 blocks.append(block)
                 nominal_in, actual_in = chs, out
-            reduction *= 2 if i > 0 else 1
             stages.append(nn.Sequential(*blocks))
-            self.feature_info.append({"num_chs": actual_in, "reduction": reduction, "module": f"stages.{i}"})
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = actual_in
         self.pool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
@@ -167,6 +177,20 @@ class CifarResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm's feature description: ``num_chs``, ``reduction`` (input pixels per feature pixel), ``module``.
+
+        Index 0 is the stem's output (after its max-pool, if any), index ``i`` the output of stage ``i - 1``.
+        Read from the live modules, so a student pruned in place (torch-pruning) reports its real widths.
+        """
+        reduction = 2 if self.spec.stem_pool else 1
+        info = [{"num_chs": self.stem.conv.out_channels, "reduction": reduction, "module": "stem"}]
+        for i, stage in enumerate(self.stages):
+            reduction *= 2 if i > 0 else 1
+            info.append({"num_chs": stage[-1].conv2.out_channels, "reduction": reduction, "module": f"stages.{i}"})
+        return info
 
     @property
     def widths(self) -> dict[str, int]:
@@ -200,6 +224,66 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final feature map and the feature maps at ``indices`` of :attr:`feature_info`, as timm's CNNs.
+
+        Args:
+            x: input images, N x C x H x W.
+            indices: None for every level, an int ``n`` for the last ``n``, or a sequence of indices
+                (negative ones count from the end).
+            norm: accepted for timm's interface; these networks have no final norm layer.
+            stop_early: stop after the deepest requested level (the returned final map is then that level's).
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list of intermediate maps.
+
+        Returns:
+            ``(final, intermediates)``, where ``forward_head(final)`` gives the logits, or ``intermediates``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = _take_indices(len(self.stages) + 1, indices)
+        intermediates = []
+        x = self.stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        stages = self.stages[:max_index] if stop_early else self.stages
+        for i, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the deepest level in ``indices`` (and the head), as timm's CNNs do.
+
+        Returns the absolute indices to take, for :meth:`forward_intermediates`. ``prune_norm`` is accepted
+        for timm's interface (there is no final norm layer).
+        """
+        take_indices, max_index = _take_indices(len(self.stages) + 1, indices)
+        prune_end = max_index < len(self.stages)
+        self.stages = self.stages[:max_index]
+        if prune_end:
+            # the features now end at the last kept level; a head sized for the old final features goes too
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def extra_repr(self) -> str:
         return f"spec={self.spec_name}"

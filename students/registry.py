@@ -2,6 +2,8 @@
 
 Names are preset names (``seed000`` .. ``seed004``) or spec strings. Registration is idempotent; any valid
 spec string is registered with timm the first time timm is asked for it (see :func:`_install_timm_hook`).
+timm builds them with its own ``build_model_with_cfg``, so ``features_only=True``, ``out_indices`` and
+``feature_cls`` work as for timm's CNNs.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import logging
 from dataclasses import dataclass
 
 from timm.models import _registry as timm_registry
-from timm.models import register_model
+from timm.models import build_model_with_cfg, register_model
+from torch import nn
 
-from .model import CifarResNet
+from .cost import check_spec_cost
+from .model import CifarResNet, default_cfg
 from .errors import UserError
 from .spec import SpecError, StudentSpec, format_spec, parse_spec, suggest
 
@@ -88,25 +92,43 @@ def create(
     ``max_params`` parameters.
     """
     spec = resolve(name) if isinstance(name, str) else name
-    model = CifarResNet(spec, num_classes=num_classes, **kwargs)
-    if max_params is not None:
-        n = count_params(model)
-        if n > max_params:
-            raise BudgetError(
-                f"student {format_spec(spec)} has {n:,} parameters, over the budget of {max_params:,}; "
-                "choose fewer blocks or narrower channels (see `students show`)"
-            )
-    return model
+    # Counted from the spec before any module exists: a huge typo is refused without allocating anything.
+    n = _checked_num_params(spec, num_classes, kwargs)
+    if max_params is not None and n > max_params:
+        raise BudgetError(
+            f"student {format_spec(spec)} has {n:,} parameters, over the budget of {max_params:,}; "
+            "choose fewer blocks or narrower channels (see `students show`)"
+        )
+    return CifarResNet(spec, num_classes=num_classes, **kwargs)
+
+
+def _checked_num_params(spec: StudentSpec | str, num_classes: int, kwargs: dict) -> int:
+    """:func:`check_spec_cost` for the arguments a :class:`CifarResNet` is about to be built with."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    in_chans = kwargs.get("in_chans", 3)
+    widths = kwargs.get("widths")
+    return check_spec_cost(spec, num_classes, in_chans=in_chans, widths=widths)  # type: ignore[arg-type]
 
 
 def _entrypoint(spec_name: str):
-    def fn(pretrained: bool = False, **kwargs: object) -> CifarResNet:
+    def fn(pretrained: bool = False, **kwargs: object) -> nn.Module:
+        """Build the student through timm's builder, so ``features_only``/``out_indices`` work as for timm CNNs."""
         if pretrained:
             raise ValueError(f"student {spec_name} has no pretrained weights; load a checkpoint instead")
-        kwargs.pop("pretrained_cfg", None)
-        kwargs.pop("pretrained_cfg_overlay", None)
-        kwargs.pop("cache_dir", None)
-        return CifarResNet(spec_name, **kwargs)
+        _checked_num_params(spec_name, int(kwargs.get("num_classes", 10)), kwargs)  # type: ignore[arg-type]
+        num_levels = len(resolve(spec_name).blocks) + 1  # the stem and every stage
+        num_classes = int(kwargs.get("num_classes", 10))  # type: ignore[arg-type]
+        cfg = kwargs.pop("pretrained_cfg", None) or default_cfg(num_classes)
+        return build_model_with_cfg(
+            CifarResNet,
+            spec_name,
+            pretrained=False,
+            pretrained_cfg=cfg,
+            # "stages" is one Sequential of stages: flattening lets FeatureListNet tap "stages.0", "stages.1", ...
+            feature_cfg={"flatten_sequential": True, "out_indices": tuple(range(num_levels))},
+            spec=spec_name,
+            **kwargs,
+        )
 
     fn.__name__ = spec_name
     fn.__qualname__ = spec_name

@@ -31,6 +31,19 @@ def test_preset_parameter_counts_are_exact(name: str, expected: int) -> None:
     assert students.count_params(students.create(name)) == expected
 
 
+@pytest.mark.parametrize("name", sorted(PRESET_PARAMS) + ["r2_12_c8-16_k3_s5_mp", "r6_111111", "r1_1_c4"])
+@pytest.mark.parametrize("num_classes", [10, 100, 0])
+def test_parameter_count_from_the_spec_matches_the_model(name: str, num_classes: int) -> None:
+    """``spec_num_params`` counts without building; it must agree exactly with the built model."""
+    model = students.create(name, num_classes=num_classes)
+    assert students.spec_num_params(model.spec, num_classes) == students.count_params(model)
+
+
+def test_parameter_count_from_the_spec_follows_pruned_widths() -> None:
+    pruned = _prune_like(students.create("r2_12_c8-16"))
+    assert students.spec_num_params(pruned.spec, 10, widths=pruned.widths) == students.count_params(pruned)
+
+
 def test_r4_3323_is_seed000() -> None:
     assert students.PRESETS["seed000"].spec == "r4_3323"
     assert students.count_params(students.create("r4_3323")) == 4_935_242
