@@ -22,15 +22,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import replace_block, run_command, run_stage  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
@@ -68,24 +69,6 @@ SCALES = {
 }
 
 
-def _run(cmd: list[str], log: Path) -> float:
-    """Run one public command, its output teed to ``log``; return wall seconds. Fails loudly."""
-    start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with log.open("w") as out:
-        out.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
-        out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
-        raise SystemExit(f"stage failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return time.perf_counter() - start
-
-
-def _summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 def run_pipeline(scale: Scale, data: str, work: Path, device: str, seed: int) -> dict[str, dict]:
     py = [sys.executable, "-m"]
     subset = []
@@ -116,31 +99,18 @@ def run_pipeline(scale: Scale, data: str, work: Path, device: str, seed: int) ->
     }
     results: dict[str, dict] = {}
     for name, cmd in stages.items():
-        results[name] = _stage(name, cmd, dirs[name], [*py, "distill", "run", "--resume", str(dirs[name])],
+        results[name] = run_stage(name, cmd, dirs[name], [*py, "distill", "run", "--resume", str(dirs[name])],
                                work / f"{name}-s{seed}.log")
     params = results["kd_mix"]["num_params"]
-    prune_cmd = [*py, "prune", str(dirs["kd_mix"]), "--target-params", str(params // 2), "--global",
+    # --round-to 1: the exact budget the recorded results were measured with (prune's default now rounds
+    # widths to multiples of 8, which can put half of a small student out of reach); odd widths train in the
+    # contiguous format on CPU (distill.device.channels_last_safe).
+    prune_cmd = [*py, "prune", str(dirs["kd_mix"]), "--target-params", str(params // 2), "--global", "--round-to", "1",
                  "--finetune-epochs", str(scale.finetune_epochs), "--lr", str(scale.lr * 0.25), "--device", device,
                  "--out", str(dirs["pruned"])]
-    results["pruned"] = _stage("pruned", prune_cmd, dirs["pruned"], [*py, "prune", "--resume", str(dirs["pruned"])],
+    results["pruned"] = run_stage("pruned", prune_cmd, dirs["pruned"], [*py, "prune", "--resume", str(dirs["pruned"])],
                                work / f"pruned-s{seed}.log")
     return results
-
-
-def _stage(name: str, cmd: list[str], run_dir: Path, resume_cmd: list[str], log: Path) -> dict:
-    """Run one stage, or reuse it when a finished run is already there (resume it when one was cut short), so
-    that an interrupted benchmark continues where it stopped. Wall times come from the runs' own summaries,
-    which add up the time of every session of a resumed run."""
-    record = {"command": " ".join(cmd)}
-    if (run_dir / "summary.json").exists() and (summary := _summary(run_dir))["complete"]:
-        print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: reusing the finished run {run_dir}", flush=True)
-        return {**record, "reused": True, **summary}
-    if (run_dir / "last.pt").exists():
-        cmd, record["resumed"] = resume_cmd, True
-        log = log.with_name(log.stem + "-resume.log")
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    seconds = _run(cmd, log)
-    return {**record, "stage_seconds": seconds, **_summary(run_dir)}
 
 
 def _row(name: str, r: dict) -> str:
@@ -202,17 +172,6 @@ def _checks(runs: list[dict[str, dict]]) -> list[str]:
     ]
 
 
-def _replace_block(path: Path, scale_name: str, block: str) -> None:
-    start, end = f"<!-- e2e:{scale_name}:start -->", f"<!-- e2e:{scale_name}:end -->"
-    text = path.read_text() if path.exists() else "# Results\n"
-    new = f"{start}\n{block}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + new + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + new + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=("cpu", "cpu-narrow", "gpu"), default="cpu")
@@ -236,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dirs = [work / "teacher"] + [work / f"{s}-s{seed}" for seed in seeds
                                      for s in ("reference", "kd", "kd_mix", "pruned")]
 
-    from distill.engine import git_commit  # noqa: E402
+    from distill.device import git_commit  # noqa: E402
 
     meta = {
         "scale": scale_name,
@@ -254,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     # Results first: a failure of the comparison below must not lose 45 minutes of measurements.
     (args.results / f"e2e_{scale_name}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
     block = results_markdown(scale_name, runs, meta)
-    _replace_block(args.results / "RESULTS.md", scale_name, block)
+    replace_block(args.results / "RESULTS.md", scale_name, block)
     compare = [sys.executable, "-m", "distill", "compare", *map(str, run_dirs), "--plot", str(plot),
                "--markdown", str(work / "compare.md")]
     try:
-        _run(compare, work / "compare.log")
+        run_command(compare, work / "compare.log")
     except SystemExit as err:
         print(f"warning: distill compare failed; results are saved without the plot\n{err}", file=sys.stderr)
     print(block)

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from e2e import _replace_block, _stage, _summary  # noqa: E402
+from common import replace_block, run_stage, run_summary  # noqa: E402
 
 SCALES = {
     "cpu": {"wide": "r3_111_c24-48-96", "finetune_epochs": 3, "wide_epochs": 4, "wide_finetune_epochs": 2,
@@ -57,15 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     # (a) half the MACs, then KD fine-tuning from the source run's teacher.
-    src = _summary(args.distilled)
+    src = run_summary(args.distilled)
     a_dir = work / "a-half-macs"
-    a_cmd = [*py, "prune", str(args.distilled), "--target-macs", str(src["macs"] // 2), "--global",
+    # --round-to 1: exact budgets, as recorded in docs/RESULTS.md (see e2e.py).
+    a_cmd = [*py, "prune", str(args.distilled), "--target-macs", str(src["macs"] // 2), "--global", "--round-to", "1",
              "--finetune-epochs", str(scale["finetune_epochs"]), "--lr", str(scale["finetune_lr"]),
              "--device", args.device, "--out", str(a_dir)]
-    a = _stage("(a) pruned", a_cmd, a_dir, [*py, "prune", "--resume", str(a_dir)], work / "a.log")
+    a = run_stage("(a) pruned", a_cmd, a_dir, [*py, "prune", "--resume", str(a_dir)], work / "a.log")
 
     # (b) a wider student distilled, pruned to the direct student's size, fine-tuned; same total epochs.
-    direct = _summary(args.direct)
+    direct = run_summary(args.direct)
     direct_cfg = json.loads((args.direct / "config.json").read_text())
     wide_dir, b_dir = work / "b-wide", work / "b-pruned"
     subset = []  # the same images as the direct run
@@ -76,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                 "--student", scale["wide"], "--data", direct_cfg["data"], "--epochs", str(scale["wide_epochs"]),
                 "--batch-size", str(direct_cfg["batch_size"]), "--lr", str(direct_cfg["lr"]),
                 "--seed", str(direct_cfg["seed"]), *subset, "--device", args.device, "--out", str(wide_dir)]
-    wide = _stage("(b) wide", wide_cmd, wide_dir, [*py, "distill", "run", "--resume", str(wide_dir)],
+    wide = run_stage("(b) wide", wide_cmd, wide_dir, [*py, "distill", "run", "--resume", str(wide_dir)],
                   work / "b-wide.log")
-    b_cmd = [*py, "prune", str(wide_dir), "--target-params", str(direct["num_params"]), "--global",
+    b_cmd = [*py, "prune", str(wide_dir), "--target-params", str(direct["num_params"]), "--global", "--round-to", "1",
              "--finetune-epochs", str(scale["wide_finetune_epochs"]), "--lr", str(scale["finetune_lr"]),
              "--device", args.device, "--out", str(b_dir)]
-    b = _stage("(b) pruned", b_cmd, b_dir, [*py, "prune", "--resume", str(b_dir)], work / "b.log")
+    b = run_stage("(b) pruned", b_cmd, b_dir, [*py, "prune", "--resume", str(b_dir)], work / "b.log")
 
-    from distill.engine import git_commit
+    from distill.device import git_commit
 
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.results / f"prune_{args.scale}.json").write_text(
         json.dumps({"meta": meta, "a": {"source": src, "pruned": a}, "b": {"wide": wide, "pruned": b, "direct": direct}},
                    indent=2) + "\n")
-    _replace_block(args.results / "RESULTS.md", f"prune-{args.scale}", block)
+    replace_block(args.results / "RESULTS.md", f"prune-{args.scale}", block)
     print(block)
     return 0
 

@@ -44,7 +44,8 @@ import teachers  # noqa: E402
 from data_throughput import PilImages  # noqa: E402
 from distill.config import TrainConfig  # noqa: E402
 from distill.data import DeviceLoader, load_dataset  # noqa: E402
-from distill.engine import device_name, git_commit, resolve_device, train_one_epoch  # noqa: E402
+from distill.device import device_name, git_commit, resolve_device  # noqa: E402
+from distill.engine import train_one_epoch  # noqa: E402
 from distill.losses import build_loss  # noqa: E402
 from distill.optim import build_optimizer  # noqa: E402
 

@@ -6,7 +6,10 @@ from ``summary.json``; nothing is re-evaluated. A directory that is not a run, a
 summary yet, or a corrupt summary becomes an :class:`IncompleteRun` with the reason, never an exception.
 
     rows = [load_run(p) for p in Path("runs").iterdir()]
-    console.print(compare_table(rows, sort="top1", budget=5_000_000))
+    console.print(compare_table(rows, sort="top1", budget=5_000_000, columns=DEFAULT_COLUMNS))
+
+The terminal table shows :data:`DEFAULT_COLUMNS` (they fit 100 columns; ``distill compare --columns`` picks
+others, ``all`` every one); CSV and Markdown always carry every column.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from students.errors import UserError
-from students.sizes import format_count
+from students.common.errors import UserError
+from students.common.sizes import format_count
 
-from .engine import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PRUNE_RECORD, SUMMARY_FILE
+from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PRUNE_RECORD, SUMMARY_FILE, Summary
 
 __all__ = [
     "COLUMNS",
     "Column",
+    "DEFAULT_COLUMNS",
     "IncompleteRun",
     "RunRow",
     "check_sort",
@@ -39,6 +43,7 @@ __all__ = [
     "load_run",
     "pareto_front",
     "plot",
+    "select_columns",
     "sort_rows",
     "to_csv",
     "to_markdown",
@@ -69,7 +74,7 @@ class RunRow:
     teacher_top1: float | None
     kd_loss: str | None
     kd_temperature: float | None
-    kd_alpha: float | None
+    kd_weight: float | None
     mixup: float | None
     cutmix: float | None
     mix_prob: float | None
@@ -159,12 +164,13 @@ def load_run(path: str | Path) -> RunRow | IncompleteRun:
         return IncompleteRun(path, f"corrupt {SUMMARY_FILE} (line {err.lineno}: {err.msg})")
     if not isinstance(summary, dict):
         return IncompleteRun(path, f"corrupt {SUMMARY_FILE} (not a JSON object)")
-    model = summary.get("student") or summary.get("model")
+    typed = Summary.from_dict(summary)  # older runs' names (kd "alpha") read as today's
+    model = typed.student or typed.model
     if not isinstance(model, str) or not model:
         return IncompleteRun(path, f"{SUMMARY_FILE} names no model")
     if summary.get("num_params") is None:
         return IncompleteRun(path, f"{SUMMARY_FILE} has no num_params")
-    kd, mixing = _nested(summary, "kd"), _nested(summary, "mixing")
+    kd, mixing = _nested(typed.to_dict(), "kd"), _nested(summary, "mixing")
     try:
         return RunRow(
             path=path,
@@ -184,7 +190,7 @@ def load_run(path: str | Path) -> RunRow | IncompleteRun:
             teacher_top1=_number(summary, "teacher_top1"),
             kd_loss=_str(kd, "loss"),
             kd_temperature=_number(kd, "temperature"),
-            kd_alpha=_number(kd, "alpha"),
+            kd_weight=_number(kd, "kd_weight"),
             mixup=_number(mixing, "mixup"),
             cutmix=_number(mixing, "cutmix"),
             mix_prob=_number(mixing, "prob"),
@@ -208,7 +214,7 @@ def _g(value: float | None, digits: int = 4) -> str:
 def _kd(row: RunRow) -> str:
     if not row.kd_loss:
         return "-"
-    return f"{row.kd_loss} T={_g(row.kd_temperature)} a={_g(row.kd_alpha)}"
+    return f"{row.kd_loss} T={_g(row.kd_temperature)} w={_g(row.kd_weight)}"
 
 
 def _mixing(row: RunRow) -> str:
@@ -216,6 +222,12 @@ def _mixing(row: RunRow) -> str:
     if not parts:
         return "none"
     return " ".join(parts) + f" p {_g(row.mix_prob)}"
+
+
+def _model(row: RunRow) -> str:
+    """The model, marked when the run trained a teacher or fine-tuned a pruned student."""
+    marks = (["teacher"] if row.kind == "teacher" else []) + (["pruned"] if row.pruned else [])
+    return row.model + "".join(f" [{m}]" for m in marks)
 
 
 def _epochs(row: RunRow) -> str:
@@ -270,7 +282,7 @@ def _plain(value: Any) -> str:
 
 COLUMNS: tuple[Column, ...] = (
     Column("run", "run", lambda r: r.name, _plain),
-    Column("model", "model", lambda r: r.model, _plain),
+    Column("model", "model", _model, _plain),
     Column("pruned", "pruned", lambda r: r.pruned, lambda v: "yes" if v else "no"),
     Column("params", "params", lambda r: r.num_params, _int, "min", True),
     Column("macs", "MACs", lambda r: r.macs, _count, "min", True),
@@ -288,7 +300,30 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_ms", "CPU ms", lambda r: r.latency_cpu_batch1_ms, _fixed(3), "min", True),
 )
 _BUDGET = Column("budget", "budget", lambda r: None, _plain)  # filled per call: depends on --budget
+# Widest a text column gets in the terminal table (longer text wraps, a long spec folds), so that the default
+# columns fit 100 characters: rich, when squeezing a table, would otherwise crop the right-hand columns.
+_MAX_WIDTH = {"run": 18, "model": 18, "teacher": 10, "kd": 9, "mixing": 12, "epochs": 9}
 SORT_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS) + ("budget",)
+# What a 100-column terminal shows: the run's name sits under the model and the teacher's top-1 under the
+# teacher, so these are 9 columns. The rest (EMA, TTA, mixing, speed, ...) with --columns or in the CSV.
+DEFAULT_COLUMNS: tuple[str, ...] = ("run", "model", "params", "macs", "top1", "teacher", "teacher_top1",
+                                    "kd", "epochs", "latency_ms")
+
+
+def select_columns(text: str | None) -> tuple[str, ...]:
+    """Column keys from ``--columns`` text: comma-separated keys (``model,params,top1``), ``all`` for every
+    column, ``None`` for :data:`DEFAULT_COLUMNS`. :class:`UserError` naming the valid keys otherwise."""
+    if text is None:
+        return DEFAULT_COLUMNS
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if keys == ["all"]:
+        return tuple(c.key for c in COLUMNS)
+    valid = [c.key for c in COLUMNS]
+    unknown = [k for k in keys if k not in valid]
+    if unknown or not keys:
+        what = f"unknown --columns name(s) {', '.join(map(repr, unknown))}" if unknown else "--columns is empty"
+        raise UserError(f"{what}; choose from: {', '.join(valid)} (comma-separated), or all")
+    return tuple(dict.fromkeys(keys))  # in the order given, each once
 
 
 def check_sort(sort: str | None) -> None:
@@ -341,63 +376,76 @@ def _best_values(runs: Sequence[RunRow]) -> dict[str, float]:
     return best
 
 
-def _columns(budget: int | None) -> list[Column]:
-    return list(COLUMNS) + ([_BUDGET] if budget is not None else [])
+def _columns(budget: int | None, keys: Sequence[str] | None = None) -> list[Column]:
+    """The columns named by ``keys`` (every column when ``None``) in that order, then the budget's."""
+    by_key = {c.key: c for c in COLUMNS}
+    chosen = list(COLUMNS) if keys is None else [by_key[k] for k in keys]
+    return chosen + ([_BUDGET] if budget is not None else [])
 
 
-def _cells(rows: Sequence[Row], budget: int | None) -> list[list[str]]:
+def _cells(rows: Sequence[Row], budget: int | None, keys: Sequence[str] | None = None) -> list[list[str]]:
     """The display text of every cell, shared by the rich table and Markdown so the two always agree."""
-    columns = _columns(budget)
+    columns = _columns(budget, keys)
     out = []
     for row in rows:
         if isinstance(row, IncompleteRun):
             cells = ["-"] * len(columns)
-            cells[0], cells[1] = row.name, f"incomplete: {row.reason}"
+            cells[:2] = [row.name, f"incomplete: {row.reason}"][:len(cells)]
         else:
-            cells = [c.text(c.value(row)) for c in COLUMNS]
-            if budget is not None:
-                cells.append(_budget_text(row, budget))
+            cells = [c.text(c.value(row)) if c.key != "budget" else _budget_text(row, budget) for c in columns]
         out.append(cells)
     return out
 
 
 def compare_table(rows: Iterable[Row], sort: str | None = None, budget: int | None = None,
-                  title: str | None = None) -> Table:
+                  title: str | None = None, columns: Sequence[str] | None = None) -> Table:
     """A rich table with one row per run; the best value of each numeric column in bold green.
 
-    To fit a terminal, the run directory's name sits under the model, and the teacher's top-1 under the
-    teacher (the CSV and Markdown keep them as columns of their own). Incomplete runs are listed with their
-    reasons under the table.
+    ``columns`` are keys of :data:`COLUMNS` (see :func:`select_columns`); ``None`` shows every column. To fit
+    a terminal, the run directory's name sits under the model, and the teacher's top-1 under the teacher,
+    when both are shown (the CSV and Markdown keep them as columns of their own). Teacher and pruned runs are
+    marked beside the model. Incomplete runs are listed with their reasons under the table.
     """
+    keys = None if columns is None else select_columns(",".join(columns))  # the same check as --columns
     rows = sort_rows(rows, sort, budget)
     runs = [r for r in rows if isinstance(r, RunRow)]
     bad = [r for r in rows if isinstance(r, IncompleteRun)]
     best = _best_values(runs) if len(runs) > 1 else {}
-    columns = _columns(budget)
-    joined = {"run", "teacher_top1"}  # shown inside the model and teacher cells
+    shown_columns = _columns(budget, keys)
+    shown = {c.key for c in shown_columns}
+    # the run's name goes inside the model's cell, the teacher's top-1 inside the teacher's, when both are shown
+    joined = {inner for outer, inner in (("model", "run"), ("teacher", "teacher_top1")) if {outer, inner} <= shown}
     caption = None
     if bad:
         caption = "\n".join(["incomplete:"] + [f"  {r.path}: {r.reason}" for r in bad])
     table = Table(title=title or f"{len(runs)} run(s)" + (f", {len(bad)} incomplete" if bad else "")
                   + (f"; budget {budget:,} params" if budget is not None else "")
-                  + "; CPU ms: batch-1 latency from distill export --latency",
-                  caption=caption, caption_justify="left", caption_style="red")
-    for column in columns:
+                  + ("; CPU ms: PyTorch eager batch-1 latency (distill export --latency)" if "latency_ms" in shown else ""),
+                  caption=caption, caption_justify="left", caption_style="red",
+                  # a caption wraps at the table's width: widen the table (up to the terminal's) for whole paths
+                  min_width=max(len(line) for line in caption.splitlines()) if caption else None)
+    for column in shown_columns:
         if column.key in joined:
             continue
-        header = {"model": "model / run", "teacher": "teacher / top-1 %"}.get(column.key, column.header)
+        header = column.header
+        if column.key == "model" and "run" in joined:
+            header = "model / run"
+        if column.key == "teacher" and "teacher_top1" in joined:
+            header = "teacher / top-1 %"
         table.add_column(header, justify="right" if column.numeric else "left", no_wrap=column.numeric,
-                         overflow="fold", min_width=None if column.numeric else min(len(column.header), 7))
-    for row, cells in zip(runs, _cells(runs, budget)):
-        text = dict(zip((c.key for c in columns), cells))
+                         overflow="fold", max_width=_MAX_WIDTH.get(column.key))
+    for row, cells in zip(runs, _cells(runs, budget, keys)):
+        text = dict(zip((c.key for c in shown_columns), cells))
         styled = []
-        for column in columns:
+        for column in shown_columns:
             if column.key in joined:
                 continue
             if column.key == "model":
-                styled.append(Text.assemble(row.model, "\n", (row.name, "dim")))
+                marks = text["model"][len(row.model):]
+                styled.append(Text.assemble(row.model, (marks, "magenta"),
+                                            *(("\n", (row.name, "dim")) if "run" in joined else ())))
                 continue
-            if column.key == "teacher":
+            if column.key == "teacher" and "teacher_top1" in joined:
                 styled.append(Text(text["teacher"]) if row.teacher is None
                               else Text.assemble(row.teacher, "\n", (text["teacher_top1"], "dim")))
                 continue
@@ -420,7 +468,7 @@ def to_csv(rows: Iterable[Row], sort: str | None = None, budget: int | None = No
     writer = csv.writer(buffer, lineterminator="\n")
     header = ["path", "run", "model", "kind", "pruned", "complete", "num_params", "macs", "top1_last_pct",
               "top1_best_pct", "top1_ema_pct", "top1_tta_pct", "teacher", "teacher_top1_pct", "kd_loss",
-              "kd_temperature", "kd_alpha", "mixup", "cutmix", "mix_prob", "epochs_done", "epochs", "wall_s",
+              "kd_temperature", "kd_weight", "mixup", "cutmix", "mix_prob", "epochs_done", "epochs", "wall_s",
               "train_img_s", "latency_cpu_batch1_ms", "within_budget", "incomplete_reason"]
     writer.writerow(header)
     for row in rows:
@@ -430,7 +478,7 @@ def to_csv(rows: Iterable[Row], sort: str | None = None, budget: int | None = No
         within = _within(row, budget)
         values = [str(row.path), row.name, row.model, row.kind, row.pruned, row.complete, row.num_params,
                   row.macs, row.top1_last, row.top1_best, row.top1_ema, row.top1_tta, row.teacher,
-                  row.teacher_top1, row.kd_loss, row.kd_temperature, row.kd_alpha, row.mixup, row.cutmix,
+                  row.teacher_top1, row.kd_loss, row.kd_temperature, row.kd_weight, row.mixup, row.cutmix,
                   row.mix_prob, row.epochs_done, row.epochs, row.wall_s, row.train_img_s,
                   row.latency_cpu_batch1_ms, "" if within is None else within, ""]
         writer.writerow(["" if v is None else v for v in values])

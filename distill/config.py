@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from students.errors import UserError
+from students.common.errors import UserError
 from students.spec import suggest
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "ConfigError"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "ConfigError", "read_settings"]
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "adagrad", "rmsprop")
 SCHEDULES = ("cosine", "sgdr", "multistep", "onecycle", "constant")
@@ -22,6 +24,40 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class ConfigError(UserError):
     """An invalid combination of training settings."""
+
+
+# Pixels: every dataset is decoded to 32x32 images (distill.data.load_dataset's image_size).
+MAX_IMAGE_SIDE = 32
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_numbers(cfg: Any) -> None:
+    """Refuse non-finite numbers in every field, fractional whole numbers, and augmentations larger than an image.
+
+    Runs first in ``__post_init__``: NaN passes every ``<``/``>`` range check, so it must be caught before them.
+    """
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        whole = str(f.type).split("|")[0].strip() == "int"
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{_flag(f.name)} must be a finite number, got {v}")
+            if whole and v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise ConfigError(f"{_flag(f.name)} must be a whole number, got {v!r}")
+    # With padding p < side, every random crop still shows part of the image; cutout can at most cover it.
+    if cfg.crop_padding >= MAX_IMAGE_SIDE:
+        raise ConfigError(
+            f"--crop-padding {cfg.crop_padding} is not smaller than the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} images; "
+            f"use 0..{MAX_IMAGE_SIDE - 1} pixels (4 is usual)"
+        )
+    if cfg.cutout > MAX_IMAGE_SIDE:
+        raise ConfigError(
+            f"--cutout {cfg.cutout} is larger than the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} images; "
+            f"use 0..{MAX_IMAGE_SIDE} pixels (8 to 16 is usual)"
+        )
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
@@ -38,47 +74,47 @@ class TrainConfig:
     """
 
     kind: str = "run"  # "run" (a student, with or without a teacher) or "teacher"
-    student: str = "r4_3323"
+    student: str = "r4_3323"  # student spec or preset; for distill.fit, the custom module's class name
     num_classes: int | None = None  # None: taken from the data
-    max_params: int | None = None
+    max_params: int | None = None  # parameters; refuse a bigger student
     init_ckpt: str | None = None  # start from this student checkpoint (architecture and weights): pruned runs
-    teacher: str | None = None
-    teacher_ckpt: str | None = None
+    teacher: str | None = None  # timm name or student spec; None: no teacher (plain cross-entropy)
+    teacher_ckpt: str | None = None  # checkpoint file or run directory of the teacher
     teacher_mode: str | None = None  # None: the teacher's default (cifar for CNNs)
     teacher_pretrained: bool = False
-    teacher_weights: str | None = None
-    teacher_top1: float | None = None  # measured before distillation, percent
+    teacher_weights: str | None = None  # local pretrained state dict
+    teacher_top1: float | None = None  # percent, measured before distillation
     data: str = "cifar10"
     train_subset: int | None = None  # images; None = all
-    test_subset: int | None = None
+    test_subset: int | None = None  # images; None = all
     val_split: int = 0  # images carved from train for validation (then "test" metrics are validation metrics)
     epochs: int = 30
-    batch_size: int = 256
-    lr: float = 0.1
+    batch_size: int = 256  # images per step, per process
+    lr: float = 0.1  # peak learning rate, for batch_size images per step
     optimizer: str = "sgd"
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # L2 coefficient, decoupled for AdamW
     decay_norm_and_bias: bool = False  # weight decay on BN and biases (off by default)
     schedule: str = "cosine"
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # epochs of linear warm-up from 0
     min_lr_ratio: float = 0.0  # final lr as a fraction of the peak
     sgdr_t0: int = 10  # epochs of the first SGDR cycle
     sgdr_mult: int = 2  # each SGDR cycle is this many times longer than the last
     milestones: tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of the run (or epochs if > 1)
-    gamma: float = 0.1
+    gamma: float = 0.1  # multistep: lr factor at each milestone
     kd_loss: str = "kd"
-    temperature: float | None = None  # None: the loss's published default (kd 4, dkd 4, dist 1)
-    alpha: float | None = None  # weight of the distillation term, CE gets 1 - alpha; None: the loss's default
-    label_smoothing: float = 0.0
+    temperature: float | None = None  # softmax temperature; None: the loss's published default (kd 4, dkd 4, dist 1)
+    kd_weight: float | None = None  # weight of the distillation term (Hinton's alpha), CE gets 1 - kd_weight; None: the loss's default
+    label_smoothing: float = 0.0  # probability mass spread over all classes
     mixup: float = 0.0  # Beta(a, a) for MixUp; 0 = off
     cutmix: float = 0.0  # Beta(a, a) for CutMix; 0 = off
     mix_prob: float = 1.0  # probability a batch is mixed at all
-    crop_padding: int = 4
-    flip: bool = True
+    crop_padding: int = 4  # pixels of padding before the random 32x32 crop
+    flip: bool = True  # random horizontal flips
     cutout: int = 0  # side of the cutout square in pixels; 0 = off
-    ema: bool = True
-    ema_decay: float = 0.999
+    ema: bool = True  # also keep (and evaluate) an exponential moving average of the weights
+    ema_decay: float = 0.999  # per step
     tta: bool = True  # also report flip test-time augmentation
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
@@ -86,9 +122,11 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     eval_every: int = 1  # epochs
-    recipe: str | None = None
+    tensorboard: bool = False  # also write TensorBoard event files into the run folder (needs tensorboard)
+    recipe: str | None = None  # the named recipe these settings started from (distill.recipes)
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         if self.kind not in ("run", "teacher"):
             raise ConfigError(f"kind must be run or teacher, got {self.kind!r}")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -105,7 +143,7 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
-        for name in ("alpha", "label_smoothing", "mix_prob", "min_lr_ratio"):
+        for name in ("kd_weight", "label_smoothing", "mix_prob", "min_lr_ratio"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
@@ -146,21 +184,56 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """From ``config.json`` contents; an older run's ``"alpha"`` is read as ``kd_weight``."""
+        return cls(**cls.settings_from(data))
+
+    @classmethod
+    def settings_from(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` as field values, not yet validated: old names mapped, unknown names refused."""
+        data = dict(data)
+        if "alpha" in data:
+            if "kd_weight" in data:
+                raise ConfigError("config gives both alpha and kd_weight; alpha is the old name of kd_weight, keep one")
+            data["kd_weight"] = data.pop("alpha")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"config has unknown settings {unknown}; was it written by a newer version?")
-        data = dict(data)
+            hint = suggest(unknown[0], sorted(known))
+            raise ConfigError(f"config has unknown settings {unknown}{hint}; was it written by a newer version?")
         if "milestones" in data:
             data["milestones"] = tuple(data["milestones"])
-        return cls(**data)
+        return data
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
+        """A config file: a run's ``config.json``, or any ``.json``/``.yaml`` of TrainConfig fields (partial is fine)."""
+        return cls.from_dict(read_settings(path))
+
+
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The mapping in a JSON or YAML settings file (YAML needs PyYAML); :class:`ConfigError` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as err:
-            raise ConfigError(f"cannot read run config {path}: {err}") from None
+            import yaml
+        except ImportError:
+            raise ConfigError(f"config {path} is YAML but PyYAML is not installed; pip install pyyaml or use JSON") from None
+        try:
+            data = yaml.safe_load(text)  # safe_load: plain data only, a config file cannot run code
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"cannot read config {path}: line {err.lineno}: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a mapping of settings, got a {type(data).__name__}")
+    return data

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from students.errors import UserError
+from students.common.errors import UserError
 
 __all__ = ["DistInfo", "RankStopped", "RunStopped", "setup", "info", "is_main", "barrier", "all_reduce_sum",
            "is_peer_failure", "stop_listening"]

@@ -3,9 +3,11 @@
 ``distill export CKPT --onnx FILE [--torchscript FILE] [--latency]``. Every export is checked: the exported
 model and the PyTorch model run on the same random batch (of a different size than the one traced, so the
 dynamic batch axis is exercised too) and the largest absolute difference of the logits must stay below
-:data:`PARITY_TOLERANCE`. Latency is the median over repeated timed forward passes after warm-up; when the
-checkpoint belongs to a run directory it is recorded in that run's ``summary.json`` under ``"latency"``,
-where ``distill compare`` shows it.
+:data:`PARITY_TOLERANCE`. Output folders are created as needed. Latency is the median over repeated timed
+forward passes after warm-up, of eager PyTorch (:func:`measure_latency`) and, for an exported ONNX file, of
+onnxruntime on the CPU (:func:`measure_onnx_latency`); every figure names the runtime it timed. When the
+checkpoint belongs to a run directory they are recorded in that run's ``summary.json`` under ``"latency"``
+(``"cpu"``/``"cuda"``: PyTorch eager; ``"onnxruntime_cpu"``), where ``distill compare`` shows the CPU one.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import torch
 from torch import nn
 
 import teachers
-from students.errors import UserError
+from students.common.errors import UserError
 
-from .engine import SUMMARY_FILE, device_name
+from .device import device_name
+from .rundir import SUMMARY_FILE, atomic_write_json, find_checkpoint
 
 __all__ = [
     "ExportError",
@@ -39,7 +42,9 @@ __all__ = [
     "check_onnx",
     "export_torchscript",
     "check_torchscript",
+    "check_output",
     "measure_latency",
+    "measure_onnx_latency",
     "run_dir_of",
     "record_latency",
     "require_onnxruntime",
@@ -72,7 +77,6 @@ def load_exportable(path: str | Path) -> Exportable:
     An ``upsample``-mode teacher is exported with its resize in front, so the exported graph takes the
     same CIFAR-sized images it was trained on.
     """
-    from .pipeline import find_checkpoint
 
     ckpt_path = find_checkpoint(path)
     model, ckpt = teachers.load_model(ckpt_path)
@@ -81,6 +85,32 @@ def load_exportable(path: str | Path) -> Exportable:
     if arch.get("family") == "timm" and arch.get("mode") == "upsample":
         model = nn.Sequential(teachers.InputAdapter(resize_to=int(arch.get("resize_to") or 224)), model)
     return Exportable(model.cpu().eval(), (3, side, side), str(arch.get("spec") or arch.get("name") or "model"))
+
+
+def check_output(path: str | Path, flag: str) -> Path:
+    """Fail before any work when ``path`` cannot be written: one :class:`UserError` naming ``flag``.
+
+    A missing folder is fine (the export creates it, as ``--out`` and ``--report`` do) as long as its nearest
+    existing ancestor is a writable folder. Nothing is created here.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder; choose another path")
+    if not os.access(ancestor, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{flag} {path} is not writable; choose another path")
+    return path
+
+
+def _make_parent(path: Path, what: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"{what} export: cannot create folder {path.parent} ({err.strerror})") from None
 
 
 def require_onnxruntime() -> None:
@@ -96,8 +126,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
                 opset: int = ONNX_OPSET) -> Path:
     """Write ``model`` as ONNX with input ``images`` (dynamic batch, float32 N x C x H x W, normalised as in
     training) and output ``logits``. Uses the TorchScript-based exporter (``dynamo=False``): the dynamo
-    exporter needs onnxscript, which is not one of our dependencies."""
+    exporter needs onnxscript, which is not one of our dependencies. Creates ``path``'s folder if needed."""
     path = Path(path)
+    _make_parent(path, "ONNX")
     tmp = path.with_name(f".{path.name}.tmp")
     example = torch.randn(TRACE_BATCH, *input_shape)
     try:
@@ -155,8 +186,10 @@ def check_onnx(path: str | Path, model: nn.Module, input_shape: tuple[int, int, 
 
 
 def export_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[int, int, int]) -> Path:
-    """Write ``model`` traced with ``torch.jit.trace`` (loads with ``torch.jit.load``, no Python source)."""
+    """Write ``model`` traced with ``torch.jit.trace`` (loads with ``torch.jit.load``, no Python source).
+    Creates ``path``'s folder if needed."""
     path = Path(path)
+    _make_parent(path, "TorchScript")
     tmp = path.with_name(f".{path.name}.tmp")
     example = torch.randn(TRACE_BATCH, *input_shape)
     try:
@@ -190,41 +223,81 @@ def _sync(device: torch.device) -> None:
 def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device, *,
                     batch_sizes: Sequence[int] = (1, 256), warmup: int = 3, min_repeats: int = 5,
                     max_repeats: int = 50, budget_s: float = 2.0, threads: int | None = None) -> dict[str, Any]:
-    """Median milliseconds per forward pass (fp32, eager PyTorch) for each batch size on ``device``.
+    """Median milliseconds per forward pass of eager PyTorch (fp32) for each batch size on ``device``.
 
     Each size gets ``warmup`` untimed passes, then at least ``min_repeats`` timed ones, more (up to
     ``max_repeats``) while the size's ``budget_s`` seconds last. ``threads`` sets torch's CPU threads for the
-    measurement only. Returns e.g. ``{"batch1_ms": 0.8, "batch1_img_s": 1250.0, "batch256_ms": ...,
-    "threads": 2, "device": ..., "repeats": {...}}``.
+    measurement only. Returns e.g. ``{"runtime": "pytorch 2.5.1 eager fp32", "batch1_ms": 0.8,
+    "batch1_img_s": 1250.0, "batch256_ms": ..., "threads": 2, "device": ..., "repeats": {...}}``.
     """
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _measure(model, input_shape, device, batch_sizes, warmup, min_repeats, max_repeats, budget_s)
+        with torch.inference_mode():
+            model = model.to(device).eval()
+            result: dict[str, Any] = {"device": device_name(device),
+                                      "runtime": f"pytorch {torch.__version__} eager fp32"}
+            if device.type == "cpu":
+                result["threads"] = torch.get_num_threads()
+
+            def make(batch: int) -> torch.Tensor:
+                return torch.randn(batch, *input_shape, device=device)
+
+            def forward(x: torch.Tensor) -> None:
+                model(x)
+                _sync(device)
+
+            return result | _time(forward, make, batch_sizes, warmup, min_repeats, max_repeats, budget_s)
     finally:
         torch.set_num_threads(saved_threads)
 
 
-@torch.inference_mode()
-def _measure(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device, batch_sizes: Sequence[int],
-             warmup: int, min_repeats: int, max_repeats: int, budget_s: float) -> dict[str, Any]:
-    model = model.to(device).eval()
-    result: dict[str, Any] = {"device": device_name(device), "runtime": f"pytorch {torch.__version__} eager fp32"}
-    if device.type == "cpu":
-        result["threads"] = torch.get_num_threads()
+def measure_onnx_latency(path: str | Path, input_shape: tuple[int, int, int], *, batch_sizes: Sequence[int] = (1, 256),
+                         warmup: int = 3, min_repeats: int = 5, max_repeats: int = 50, budget_s: float = 2.0,
+                         threads: int | None = None) -> dict[str, Any]:
+    """The same figures as :func:`measure_latency` for an exported ONNX file run by onnxruntime on the CPU
+    (``CPUExecutionProvider``, fp32); ``threads`` sets its intra-op threads (default: onnxruntime's own)."""
+    require_onnxruntime()
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ExportError(f"{path} does not load in onnxruntime: {str(err).strip()[:200]}") from None
+    rng = np.random.default_rng(0)
+    result: dict[str, Any] = {"device": device_name(torch.device("cpu")),
+                              "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider fp32"}
+    if threads is not None:
+        result["threads"] = threads
+
+    def make(batch: int) -> Any:
+        return rng.standard_normal((batch, *input_shape), dtype=np.float32)
+
+    def forward(x: Any) -> None:
+        session.run(["logits"], {"images": x})
+
+    return result | _time(forward, make, batch_sizes, warmup, min_repeats, max_repeats, budget_s)
+
+
+def _time(forward: Any, make: Any, batch_sizes: Sequence[int], warmup: int, min_repeats: int, max_repeats: int,
+          budget_s: float) -> dict[str, Any]:
+    """``batch{N}_ms`` (median milliseconds per call of ``forward(make(N))``) and ``batch{N}_img_s`` per size."""
+    result: dict[str, Any] = {}
     repeats: dict[str, int] = {}
     for batch in batch_sizes:
-        x = torch.randn(batch, *input_shape, device=device)
+        x = make(batch)
         for _ in range(warmup):
-            model(x)
-        _sync(device)
+            forward(x)
         times: list[float] = []
         start = time.perf_counter()
         while len(times) < min_repeats or (len(times) < max_repeats and time.perf_counter() - start < budget_s):
             t0 = time.perf_counter()
-            model(x)
-            _sync(device)
+            forward(x)
             times.append(time.perf_counter() - t0)
         ms = 1000.0 * statistics.median(times)
         result[f"batch{batch}_ms"] = ms
@@ -254,7 +327,4 @@ def record_latency(run_dir: str | Path, latency: dict[str, Any]) -> Path:
     old = summary.get("latency")
     # Figures are per device type: measuring on the CPU alone keeps an earlier CUDA measurement.
     summary["latency"] = {**(old if isinstance(old, dict) else {}), **latency}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, summary)

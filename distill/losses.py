@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from students.errors import UserError
+from students.common.errors import UserError
 from students.spec import suggest
 
 __all__ = [
@@ -233,12 +233,12 @@ class DKDLoss(LogitLoss):
 
     KD's KL divergence splits into a target-class part and a non-target part, and classic KD weights the
     second by the teacher's target-class confidence ``1 - p_t``, which suppresses it exactly when the
-    teacher is good. DKD weights the two independently: ``kd = alpha * TCKD + beta * NCKD`` with
+    teacher is good. DKD weights the two independently: ``kd = tckd_weight * TCKD + nckd_weight * NCKD`` with
 
     - TCKD: ``T^2 * KL(b_teacher || b_student)`` between binary distributions ``b = [p_gt, 1 - p_gt]``;
     - NCKD: ``T^2 * KL(q_teacher || q_student)`` between the softmaxes over the non-target classes only.
 
-    Defaults are the paper's CIFAR-100 setting: ``alpha=1, beta=8, T=4``, added to a full-weight
+    Defaults are the paper's CIFAR-100 setting (its alpha and beta): ``tckd_weight=1, nckd_weight=8, T=4``, added to a full-weight
     cross-entropy (``kd_weight=1, ce_weight=1``), with the KD term warmed up linearly over 20 epochs
     (call :meth:`set_epoch` each epoch; the paper trains 240). The paper uses smaller ``beta`` for other
     teacher/student pairs (e.g. 0.5 on ImageNet).
@@ -248,7 +248,8 @@ class DKDLoss(LogitLoss):
 
     Args:
         temperature, kd_weight, ce_weight, label_smoothing, warmup_epochs: see :class:`LogitLoss`.
-        alpha: TCKD weight. beta: NCKD weight.
+        tckd_weight: weight of the target-class term (the paper's alpha). nckd_weight: weight of the
+            non-target-class term (the paper's beta).
         standardize: z-score logits first (Sun et al. 2024, see :class:`KDLoss`).
     """
 
@@ -260,18 +261,19 @@ class DKDLoss(LogitLoss):
         kd_weight: float = 1.0,
         label_smoothing: float = 0.0,
         *,
-        alpha: float = 1.0,
-        beta: float = 8.0,
+        tckd_weight: float = 1.0,
+        nckd_weight: float = 8.0,
         ce_weight: float | None = 1.0,
         warmup_epochs: float = 20.0,
         standardize: bool = False,
     ) -> None:
         super().__init__(temperature=temperature, kd_weight=kd_weight, ce_weight=ce_weight,
                          label_smoothing=label_smoothing, warmup_epochs=warmup_epochs)
-        if alpha < 0 or beta < 0:
-            raise UserError(f"DKD weights must be non-negative, got alpha={alpha}, beta={beta}")
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        if tckd_weight < 0 or nckd_weight < 0:
+            raise UserError(f"DKD weights must be non-negative, got tckd_weight={tckd_weight}, "
+                            f"nckd_weight={nckd_weight}")
+        self.tckd_weight = float(tckd_weight)
+        self.nckd_weight = float(nckd_weight)
         self.standardize = bool(standardize)
 
     def distill(self, student: Tensor, teacher: Tensor, targets: Tensor) -> dict[str, Tensor]:
@@ -288,11 +290,11 @@ class DKDLoss(LogitLoss):
         # ratio by selection, so no 0 * inf can reach the gradient.
         q_t = torch.where(gt, 0.0, log_q_t.exp())
         nckd = (q_t * torch.where(gt, 0.0, log_q_t - log_q_s)).sum(dim=1).mean() * t * t
-        kd = self.alpha * tckd + self.beta * nckd
+        kd = self.tckd_weight * tckd + self.nckd_weight * nckd
         return {"kd": kd, "tckd": tckd, "nckd": nckd}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha:g}, beta={self.beta:g}, warmup_epochs={self.warmup_epochs:g}"
+        return f"{super().extra_repr()}, tckd_weight={self.tckd_weight:g}, nckd_weight={self.nckd_weight:g}, warmup_epochs={self.warmup_epochs:g}"
 
 
 def _decouple(z: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
@@ -384,8 +386,8 @@ def build_loss(
     ``temperature`` and ``kd_weight`` left as None keep each method's published defaults (KD: T=4,
     kd_weight=0.9, CE 0.1; DKD: T=4, CE 1 + KD 1; DIST: T=1, CE 1 + KD 1). A ``kd_weight`` given without a
     ``ce_weight`` means Hinton's convex mix for every method: cross-entropy gets ``1 - kd_weight``.
-    Method-specific options (``alpha``, ``beta``, ``gamma``, ``standardize``, ``warmup_epochs``) pass
-    through ``kwargs``.
+    Method-specific options (DKD's ``tckd_weight``, ``nckd_weight``; DIST's ``beta``, ``gamma``;
+    ``standardize``, ``warmup_epochs``) pass through ``kwargs``.
     """
     if name == "ce":
         return CELoss(label_smoothing=label_smoothing)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from timm.data.mixup import Mixup, mixup_target
 from torch import Tensor
 
-from students.errors import UserError
+from students.common.errors import UserError
 
 __all__ = ["BatchMixer", "MixConfig"]
 

@@ -1,5 +1,9 @@
 """From a :class:`TrainConfig` to a finished run: data, the model to train, the teacher, the run directory.
 
+The CLIs' layer above the engine: the engine (:mod:`distill.engine`) trains whatever modules and data it is
+given; this module decides them from names in the config (student spec, teacher name and store, data
+source) and then calls the same :func:`distill.engine.train` that :func:`distill.fit` calls.
+
 The teacher of ``distill run`` comes from ``--teacher-ckpt`` (a checkpoint or a run directory), else from
 the teacher store (one finished ``distill teacher`` run per model, data and mode), else it is trained
 first with the same engine, announced with its estimated cost, and put in the store.
@@ -21,26 +25,16 @@ from torch import nn
 
 import students
 import teachers
-from students.checkpoint import CheckpointError
-from students.errors import UserError
+from students.common.errors import UserError
 
 from . import dist
 from .config import TrainConfig
 from .data import ImageDataset, default_cache_dir, load_dataset
-from .engine import (
-    BEST_CKPT,
-    CONFIG_FILE,
-    LAST_CKPT,
-    PRUNE_RECORD,
-    SUMMARY_FILE,
-    Reporter,
-    Run,
-    evaluate,
-    fit,
-    load_resume_state,
-    prepare_run_dir,
-    resolve_device,
-)
+from .device import resolve_device
+from .batches import EVAL_BATCH
+from .engine import Models, Reporter, evaluate, train
+from .recipes import teacher_config
+from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, RunDir, Summary, find_checkpoint, is_complete
 
 __all__ = [
     "load_data",
@@ -112,19 +106,6 @@ def _is_student_name(name: str) -> bool:
         return True
     except students.SpecError:
         return False
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the best (else last) checkpoint of a run directory."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (BEST_CKPT, LAST_CKPT):
-            if (path / name).exists():
-                return path / name
-        raise CheckpointError(f"{path} holds no checkpoint ({BEST_CKPT} or {LAST_CKPT}); pass a run directory or .pt file")
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    return path
 
 
 def _data_key(cfg: TrainConfig, data: ImageDataset) -> str:
@@ -214,16 +195,9 @@ def resolve_teacher(
     if cfg.teacher_ckpt:
         return load_teacher_checkpoint(cfg, data, cfg.teacher_ckpt), f"checkpoint {cfg.teacher_ckpt}"
     store = teacher_store_dir(cfg, data, store_root)
-    if (store / BEST_CKPT).exists() and _complete(store):
+    if (store / BEST_CKPT).exists() and is_complete(store):
         return load_teacher_checkpoint(cfg, data, store), f"stored teacher {store}"
-    teacher_cfg = TrainConfig(
-        kind="teacher", teacher=cfg.teacher, teacher_mode=cfg.teacher_mode, teacher_pretrained=cfg.teacher_pretrained,
-        teacher_weights=cfg.teacher_weights, data=cfg.data, train_subset=cfg.train_subset,
-        test_subset=cfg.test_subset, val_split=cfg.val_split, epochs=cfg.epochs, batch_size=cfg.batch_size,
-        lr=cfg.lr if cfg.optimizer == "sgd" else 0.1, optimizer="sgd", label_smoothing=0.1, mixup=cfg.mixup,
-        cutmix=cfg.cutmix, mix_prob=cfg.mix_prob, device=cfg.device, amp=cfg.amp, seed=cfg.seed,
-        channels_last=cfg.channels_last, compile=cfg.compile,
-    )
+    teacher_cfg = teacher_config(cfg)
     model, _, adapter = build_trainee(teacher_cfg, data)
     reporter.message(f"timing a few training steps of {cfg.teacher} to estimate what training a teacher costs")
     seconds = estimate_train_seconds(model if adapter is None else nn.Sequential(adapter, model), teacher_cfg, data)
@@ -233,16 +207,9 @@ def resolve_teacher(
         f"{resolve_device(cfg.device).type}); it will be stored in {store}"
     )
     dist.barrier()  # every rank has looked at the store before rank 0 starts writing it
-    resume = store.exists() and (store / LAST_CKPT).exists()
+    resume = (store / LAST_CKPT).exists()
     run_training(teacher_cfg, store, resume=resume, reporter=make_reporter("teacher") if make_reporter else reporter)
     return load_teacher_checkpoint(cfg, data, store), f"trained and stored teacher {store}"
-
-
-def _complete(run_dir: Path) -> bool:
-    try:
-        return bool(json.loads((run_dir / SUMMARY_FILE).read_text()).get("complete"))
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _duration(seconds: float) -> str:
@@ -263,47 +230,44 @@ def run_training(
     make_reporter: Callable[[str], Reporter] | None = None,
     epochs_override: int | None = None,
     after_backward: Callable[[nn.Module], None] | None = None,
-) -> dict[str, Any]:
+) -> Summary:
     """Run (or resume) ``distill run`` / ``distill teacher`` into ``run_dir``; return the summary."""
-    run_dir = Path(run_dir)
+    folder = RunDir(run_dir)
     checkpoint = None
     if resume:
-        saved_cfg, checkpoint = load_resume_state(run_dir)
-        if epochs_override is not None and epochs_override != saved_cfg.epochs:
-            saved_cfg = saved_cfg.replace(epochs=epochs_override)
-            saved_cfg.save(run_dir / CONFIG_FILE)
-        cfg = saved_cfg
+        cfg, checkpoint = _resume_config(folder, epochs_override)
     check_names(cfg)
     dist.setup(resolve_device(cfg.device).type)
     if not resume:
-        _check_out(run_dir)
+        folder.check_new()
     dist.barrier()  # every rank has checked --out before rank 0 creates it
     data = load_data(cfg, progress)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     model, arch, adapter = build_trainee(cfg, data)
-    teacher = None
-    teacher_top1 = None
-    extra: dict[str, Any] = {"classes": list(data.classes)}
-    if (run_dir / PRUNE_RECORD).exists():  # a pruned student's fine-tuning run: keep what pruning did
-        extra["pruned"] = json.loads((run_dir / PRUNE_RECORD).read_text())
+    models = Models(model=model, arch=arch, input_adapter=adapter, after_backward=after_backward,
+                    extra_summary={"classes": list(data.classes)})
+    pruned = folder.prune_record()
+    if pruned is not None:  # a pruned student's fine-tuning run: keep what pruning did
+        models.extra_summary["pruned"] = pruned
     if cfg.uses_teacher:
-        teacher, source = resolve_teacher(cfg, data, reporter, make_reporter=make_reporter)
+        models.teacher, source = resolve_teacher(cfg, data, reporter, make_reporter=make_reporter)
         reporter.message(f"teacher: {source}")
-        extra["teacher_source"] = source
+        models.extra_summary["teacher_source"] = source
         if checkpoint is not None:
-            teacher_top1 = checkpoint["meta"].get("teacher_top1")
+            models.teacher_top1 = checkpoint["meta"].get("teacher_top1")
     if not resume and dist.is_main():
-        prepare_run_dir(run_dir, cfg)
+        folder.create(cfg)
     dist.barrier()
-    run = Run(model=model, arch=arch, teacher=teacher, teacher_top1=teacher_top1, extra_summary=extra,
-              input_adapter=adapter, after_backward=after_backward)
-    return fit(cfg, run, data, run_dir, resume=checkpoint, reporter=reporter, stop_after=stop_after)
+    return train(cfg, models, data, folder, resume=checkpoint, reporter=reporter, stop_after=stop_after)
 
 
-def _check_out(run_dir: Path) -> None:
-    """Refuse an --out that already holds a run before any work is done (nothing is overwritten)."""
-    if (run_dir / CONFIG_FILE).exists() or (run_dir / LAST_CKPT).exists():
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+def _resume_config(folder: RunDir, epochs_override: int | None) -> tuple[TrainConfig, dict[str, Any]]:
+    """The saved settings and ``last.pt`` of a run to resume; ``--epochs`` may extend it (saved back)."""
+    cfg, checkpoint = folder.load_resume()
+    if epochs_override is not None and epochs_override != cfg.epochs:
+        cfg = cfg.replace(epochs=epochs_override)
+        cfg.save(folder / CONFIG_FILE)
+    return cfg, checkpoint
 
 
 def quick_top1(model: nn.Module, data: ImageDataset, device: str = "auto") -> float:
@@ -311,6 +275,6 @@ def quick_top1(model: nn.Module, data: ImageDataset, device: str = "auto") -> fl
     from .data import DeviceLoader
 
     dev = resolve_device(device)
-    loader = DeviceLoader(data.test_images, data.test_labels, batch_size=500, mean=data.mean, std=data.std,
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size=EVAL_BATCH, mean=data.mean, std=data.std,
                           train=False, device=dev)
     return evaluate(model.to(dev), loader, device=dev)["top1"]

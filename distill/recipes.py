@@ -1,4 +1,5 @@
-"""The seed reports' training recipes, by name: ``distill run --recipe seed000``.
+"""Named settings: the seed reports' training recipes (``distill run --recipe seed000``) and the teacher
+recipe ``distill run`` trains a missing teacher with. Every recipe is a set of :class:`TrainConfig` overrides.
 
 Each recipe is the report's optimiser, learning rate, schedule, epochs, batch size and augmentation on its
 preset student (``students.PRESETS``). Where a report leaves a value out, the choice made here is marked
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from students.errors import UserError
+from students.common.errors import UserError
+
+from .config import TrainConfig
 from students.spec import suggest
 
-__all__ = ["RECIPES", "recipe_overrides"]
+__all__ = ["RECIPES", "TEACHER_RECIPES", "DEFAULT_TEACHER_RECIPE", "recipe_overrides", "teacher_config"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     # Report 000: Adadelta, lr 0.01, weight decay 1e-4, cosine with warm restarts, 300 epochs, crop + flip.
@@ -56,3 +59,30 @@ def recipe_overrides(name: str) -> dict[str, Any]:
     if name not in RECIPES:
         raise UserError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}{suggest(name, list(RECIPES))}")
     return {**RECIPES[name], "recipe": name}
+
+
+# The recipe a teacher is trained with when `distill run` finds none stored for it. Only the values
+# below are the recipe's own; the data, epochs, batch size, mixing, device and seed follow the student's run
+# (TEACHER_INHERITS), and so does the student's lr when it also uses SGD (the same optimiser, so the same
+# scale). Change the teacher recipe here and nowhere else.
+TEACHER_RECIPES: dict[str, dict[str, Any]] = {
+    "teacher-default": dict(optimizer="sgd", lr=0.1, label_smoothing=0.1),  # lr: used when the student's is not SGD's
+}
+DEFAULT_TEACHER_RECIPE = "teacher-default"
+TEACHER_INHERITS = (
+    "teacher", "teacher_mode", "teacher_pretrained", "teacher_weights", "data", "train_subset", "test_subset",
+    "val_split", "epochs", "batch_size", "mixup", "cutmix", "mix_prob", "device", "amp", "seed", "channels_last",
+    "compile",
+)
+
+
+def teacher_config(student_cfg: TrainConfig, recipe: str = DEFAULT_TEACHER_RECIPE) -> TrainConfig:
+    """Settings to train ``student_cfg``'s teacher: the teacher recipe on the student run's data and budget."""
+    if recipe not in TEACHER_RECIPES:
+        raise UserError(f"unknown teacher recipe {recipe!r}; choose one of {', '.join(TEACHER_RECIPES)}"
+                        f"{suggest(recipe, list(TEACHER_RECIPES))}")
+    settings = {name: getattr(student_cfg, name) for name in TEACHER_INHERITS}
+    settings.update(TEACHER_RECIPES[recipe])
+    if student_cfg.optimizer == settings["optimizer"]:
+        settings["lr"] = student_cfg.lr
+    return TrainConfig(kind="teacher", recipe=recipe, **settings)

@@ -1,7 +1,7 @@
 """Evaluation reports: confusion matrix, per-class precision/recall/F1, and pictures of both.
 
 Pure functions of predictions and labels; ``distill eval --report DIR`` writes their output as
-``per_class.csv``, ``confusion.png`` and ``misclassified.png``.
+``per_class.csv``, ``confusion.png`` and ``misclassified.png``. Every writer creates its file's folder.
 """
 
 from __future__ import annotations
@@ -63,9 +63,16 @@ def per_class_metrics(confusion: torch.Tensor, classes: Sequence[str] | None = N
     return out
 
 
+def _writable(path: str | Path) -> Path:
+    """``path`` with its folder created (as ``distill run --out`` creates the run's)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def per_class_csv(metrics: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write :func:`per_class_metrics` as CSV (empty cells where a figure is undefined)."""
-    path = Path(path)
+    path = _writable(path)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=PER_CLASS_FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -98,8 +105,9 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix", fontsize=9)
+    path = _writable(path)
     fig.savefig(path, dpi=110)
-    return Path(path)
+    return path
 
 
 def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, classes: Sequence[str],
@@ -129,5 +137,5 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, preds: torch.
         ax.set_title(f"{classes[int(labels[i])]}\n-> {classes[int(preds[i])]}", fontsize=7, color="darkred")
     total = int((preds != labels).sum())
     fig.suptitle(f"misclassified: {len(wrong)} shown of {total} (true -> predicted)", fontsize=9)
-    fig.savefig(path, dpi=110)
+    fig.savefig(_writable(path), dpi=110)
     return len(wrong)

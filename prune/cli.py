@@ -20,22 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import students
-from distill.cli import RichReporter, _NON_CONFIG, _add_train_args, _decode_progress, _summary_table
+from distill.cli_common import NON_CONFIG, RichReporter, add_train_args, decode_progress, summary_table
 from distill.config import TrainConfig
 from distill.data import DeviceLoader
-from distill.engine import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, atomic_write_json, evaluate, resolve_device
-from distill.pipeline import find_checkpoint, load_data, run_training
-from students.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
-from students.errors import UserError
-from students.sizes import format_count, parse_count
+from distill.device import resolve_device
+from distill.engine import evaluate
+from distill.pipeline import load_data, run_training
+from distill.rundir import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, atomic_write_json, find_checkpoint
+from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
+from students.common.errors import UserError
+from students.common.sizes import format_count, parse_count
 
 from .core import (
     IMPORTANCES,
+    PruneError,
+    PruneResult,
     PruneSettings,
-    prune_by_ratio,
     prune_to_target,
     recalibrate_bn,
     sparsity_regularizer,
@@ -43,6 +47,8 @@ from .core import (
 
 PRUNED_CKPT = "pruned.pt"
 BN_CALIBRATION_BATCHES = 50
+INPUT_SIZE = (3, 32, 32)
+DEFAULT_ROUND_TO = 8  # see benchmarks/prune_speed.py: odd widths train slower on CPU and can crash oneDNN
 
 
 def _rank() -> int:
@@ -62,16 +68,23 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--global", dest="global_pruning", action="store_true",
                      help="rank channels across all layers (default: prune each layer by the same ratio)")
     how.add_argument("--iterative-steps", type=int, default=1, help="reach the target in this many steps")
-    how.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this, e.g. 8")
+    how.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N",
+                     help=f"keep pruned channel counts multiples of N (default: {DEFAULT_ROUND_TO}; layers already "
+                          "narrower stay whole). Rounding costs exactness: fewer sizes can be built, so a "
+                          "budget may land up to a few %% further under, or be refused as out of reach on a "
+                          "small net; --round-to 1 is exact but odd widths train slower on CPU (and crash "
+                          "oneDNN in channels-last on some torch versions)")
     how.add_argument("--max-layer-ratio", type=float, default=0.9,
                      help="no layer loses more than this fraction of its channels (default: 0.9)")
     how.add_argument("--sparse-epochs", type=int, default=0,
                      help="sparsity-learning epochs before pruning (torch-pruning's regulariser; default: 0)")
-    how.add_argument("--sparse-method", choices=("group-norm", "bn-scale"), default="group-norm")
+    how.add_argument("--sparse-method", choices=("group-norm", "bn-scale"), default="group-norm",
+                     help="group-norm: DepGraph's group L2 (default); bn-scale: Network Slimming's L1 on BN scales")
     how.add_argument("--sparse-reg", type=float, default=5e-4, help="sparsity regularisation strength")
     how.add_argument("--finetune-epochs", dest="epochs", type=int, default=argparse.SUPPRESS,
-                     help="KD fine-tuning epochs after pruning (default: the source run's epochs)")
-    _add_train_args(p, "prune")
+                     help="KD fine-tuning epochs after pruning (default: the source run's epochs; 0 prunes only, "
+                          "writing pruned.pt and prune.json)")
+    add_train_args(p, "prune")
     return p
 
 
@@ -118,7 +131,7 @@ def _finetune_config(args: argparse.Namespace, source_cfg: TrainConfig | None, c
     base = source_cfg.to_dict() if source_cfg is not None else {}
     for key in ("recipe", "max_params", "teacher_top1", "init_ckpt"):
         base.pop(key, None)
-    given = {k: v for k, v in vars(args).items() if k not in _NON_CONFIG and k not in _PRUNE_ONLY}
+    given = {k: v for k, v in vars(args).items() if k not in NON_CONFIG and k not in _PRUNE_ONLY}
     settings = {**base, **given, "kind": "run", "student": model.spec_name, "init_ckpt": str(out / PRUNED_CKPT)}
     if "teacher" not in given and not (source_cfg and source_cfg.teacher):
         settings["teacher"] = model.spec_name  # self-distillation from the unpruned student
@@ -149,71 +162,152 @@ def _cost_table(title: str, before: students.CostReport, after: students.CostRep
     return table
 
 
-def _prune(args: argparse.Namespace) -> int:
+def _flag_names(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """How the library's argument names read on this command line (PruneError.render)."""
+    user_target = {"params": args.target_params, "macs": args.target_macs, "ratio": args.ratio}[kind]
+    return {
+        "target": lambda v: f"--target-{kind} {user_target}",
+        "ratio": lambda v: f"--ratio {v}",
+        "round_to": lambda v: f"--round-to {v}",
+        "max_layer_ratio": lambda v: f"--max-layer-ratio {v}",
+        "global_pruning": lambda v: "--global",
+        "iterative_steps": lambda v: f"--iterative-steps {v}",
+        "importance": lambda v: f"--importance {v}",
+    }
+
+
+class _PruneProgress:
+    """Draws the library's ``progress(phase, done, total)`` calls as transient rich progress bars."""
+
+    LABELS = {"importance": "scoring channels", "search": "searching the budget"}
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(self.LABELS.get(phase, phase), total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=max(total, done))
+
+    def __enter__(self) -> _PruneProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _run_pruning(args: argparse.Namespace, kind: str, target: float, model: torch.nn.Module, calib) -> PruneResult:
+    """Prune ``model`` in place as the flags ask, with progress; library errors reworded as flags."""
+    names = _flag_names(args, kind)
+
+    def grad_fn(net: torch.nn.Module) -> None:  # Taylor importance: gradients of the loss on one batch
+        net.train()
+        torch.nn.functional.cross_entropy(net(calib[0]), calib[1]).backward()
+
+    try:
+        settings = PruneSettings(importance=args.importance, global_pruning=args.global_pruning,
+                                 iterative_steps=args.iterative_steps, round_to=args.round_to,
+                                 max_layer_ratio=args.max_layer_ratio)
+        with _PruneProgress() as progress:
+            return prune_to_target(model, kind, target, settings, input_size=INPUT_SIZE, grad_fn=grad_fn,
+                                   progress=progress)
+    except PruneError as err:
+        raise UserError(err.render(names)) from None
+
+
+def _check_args(args: argparse.Namespace) -> tuple[str, float]:
+    """Everything that can be refused before the source is read (nothing is written before this passes)."""
     if not args.source:
         raise UserError("pass SOURCE (a run directory or student checkpoint), or --resume RUN_DIR")
     kind, target = _target(args)
-    settings = PruneSettings(importance=args.importance, global_pruning=args.global_pruning,
-                             iterative_steps=args.iterative_steps, round_to=args.round_to,
-                             max_layer_ratio=args.max_layer_ratio)
+    try:
+        PruneSettings(importance=args.importance, global_pruning=args.global_pruning,
+                      iterative_steps=args.iterative_steps, round_to=args.round_to,
+                      max_layer_ratio=args.max_layer_ratio)
+    except PruneError as err:
+        raise UserError(err.render(_flag_names(args, kind))) from None
     if args.sparse_epochs < 0:
         raise UserError(f"--sparse-epochs must not be negative, got {args.sparse_epochs}")
+    return kind, target
+
+
+def _prune(args: argparse.Namespace) -> int:
+    kind, target = _check_args(args)
+    prune_only = getattr(args, "epochs", None) == 0
+    if prune_only:
+        del args.epochs  # the source's settings still choose the data and the seed
     ckpt_path, model, ckpt, source_cfg = _load_source(args.source)
     out = Path(args.out) if args.out else Path("runs") / f"pruned-{model.spec_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / CONFIG_FILE).exists() or (out / PRUNE_RECORD).exists():
         raise UserError(f"{out} already holds a run; continue it with prune --resume {out} or choose another --out")
     cfg = _finetune_config(args, source_cfg, ckpt_path, model, out)
-    input_size = (3, 32, 32)
     if kind != "ratio":
-        current = students.count_params(model) if kind == "params" else students.count_macs(model, input_size)
+        current = students.count_params(model) if kind == "params" else students.count_macs(model, INPUT_SIZE)
         if target >= current:
             raise UserError(f"--target-{kind} {format_count(target)} is not below the source's {current:,} {kind}; "
                             "choose a smaller target")
 
-    data = load_data(cfg, _decode_progress())
+    data = load_data(cfg, decode_progress())
     device = resolve_device(cfg.device)
     test_loader = DeviceLoader(data.test_images, data.test_labels, batch_size=500, mean=data.mean, std=data.std,
                                train=False, device=device)
     train_loader = DeviceLoader(data.train_images, data.train_labels, batch_size=min(cfg.batch_size, 256),
                                 mean=data.mean, std=data.std, train=True, device=device, seed=cfg.seed)
     model = model.to(device)
-    top1_before = evaluate(model, test_loader, device=device)["top1"]
+    top1 = {"before": evaluate(model, test_loader, device=device)["top1"]}
     console.print(f"source {ckpt_path}: {model.spec_name}, {students.count_params(model):,} params, "
-                  f"top-1 {top1_before:.2f}%")
-
+                  f"top-1 {top1['before']:.2f}%")
     if args.sparse_epochs:
         model = _sparse_stage(args, cfg, model, out, ckpt_path)
-        top1_before_sparse, top1_before = top1_before, evaluate(model, test_loader, device=device)["top1"]
-        console.print(f"after {args.sparse_epochs} sparsity epochs: top-1 {top1_before:.2f}% "
+        top1_before_sparse, top1["before"] = top1["before"], evaluate(model, test_loader, device=device)["top1"]
+        console.print(f"after {args.sparse_epochs} sparsity epochs: top-1 {top1['before']:.2f}% "
                       f"(was {top1_before_sparse:.2f}%)")
 
     cost_before = students.cost_report(model)
-    calib = next(iter(train_loader))
-
-    def grad_fn(net: torch.nn.Module) -> None:  # Taylor importance: gradients of the loss on one batch
-        net.train()
-        torch.nn.functional.cross_entropy(net(calib[0]), calib[1]).backward()
-
     torch.manual_seed(cfg.seed)
-    if kind == "ratio":
-        result = prune_by_ratio(model, target, settings, input_size=input_size, grad_fn=grad_fn)
-    else:
-        result = prune_to_target(model, kind, target, settings, input_size=input_size, grad_fn=grad_fn)
+    result = _run_pruning(args, kind, target, model, next(iter(train_loader)))
     model.eval()
-    top1_pruned = evaluate(model, test_loader, device=device)["top1"]
+    top1["after_prune"] = evaluate(model, test_loader, device=device)["top1"]
     train_loader.set_epoch(0)
     recalibrate_bn(model, (x for i, (x, _) in enumerate(train_loader) if i < BN_CALIBRATION_BATCHES))
-    top1_recal = evaluate(model, test_loader, device=device)["top1"]
+    top1["after_bn_recalibration"] = evaluate(model, test_loader, device=device)["top1"]
     cost_after = students.cost_report(model)
+    _report(args, kind, target, result, cost_before, cost_after, top1, model)
+    record = _record(args, ckpt_path, kind, target, result, cost_before, cost_after, top1, prune_only)
+    if _rank() == 0:  # under torchrun every rank prunes identically; rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)  # only now: a target that cannot be met leaves nothing behind
+        students.save_checkpoint(out / PRUNED_CKPT, model.cpu(), meta={
+            "pruned": True, "data_mean": list(data.mean), "data_std": list(data.std),
+            "classes": list(data.classes), "top1": top1["after_bn_recalibration"]})
+        atomic_write_json(out / PRUNE_RECORD, record)
+    if prune_only:
+        console.print(f"pruned only (--finetune-epochs 0): {out / PRUNED_CKPT} and {out / PRUNE_RECORD} written")
+        return 0
+    return _finetune(cfg, out, resume=False, stop_after=args.stop_after)
+
+
+def _report(args, kind: str, target: float, result: PruneResult, cost_before, cost_after, top1: dict,
+            model) -> None:
     console.print(_cost_table(f"{model.spec_name} pruned ({args.importance}, "
-                              f"{'global' if args.global_pruning else 'per-layer'})", cost_before, cost_after))
+                              f"{'global' if args.global_pruning else 'per-layer'}, round-to {args.round_to})",
+                              cost_before, cost_after))
     if kind != "ratio":
-        achieved = result.after
-        console.print(f"target {kind}: {target:,.0f}  achieved: {achieved:,} "
-                      f"({100.0 * (target - achieved) / target:.2f}% under the target)")
-    console.print(f"top-1: before {top1_before:.2f}%  right after pruning {top1_pruned:.2f}%  "
-                  f"after BN recalibration {top1_recal:.2f}%")
-    record = {
+        asked = args.target_params if kind == "params" else args.target_macs
+        console.print(f"target {kind}: {asked} ({target:,.0f})  achieved: {result.after:,} "
+                      f"({100.0 * (target - result.after) / target:.2f}% under the target)")
+    console.print(f"pruning took {result.seconds:.1f} s and removed {100 * result.ratio:.1f}% of the prunable "
+                  "channels")
+    console.print(f"top-1: before {top1['before']:.2f}%  right after pruning {top1['after_prune']:.2f}%  "
+                  f"after BN recalibration {top1['after_bn_recalibration']:.2f}%")
+
+
+def _record(args, ckpt_path: Path, kind: str, target: float, result: PruneResult, cost_before, cost_after,
+            top1: dict, prune_only: bool) -> dict[str, Any]:
+    """What prune.json keeps (the fine-tuning run's summary.json embeds it as ``pruned``)."""
+    return {
         "source": str(ckpt_path),
         "target": {"kind": kind, "value": target},
         "importance": args.importance,
@@ -222,26 +316,23 @@ def _prune(args: argparse.Namespace) -> int:
         "round_to": args.round_to,
         "max_layer_ratio": args.max_layer_ratio,
         "sparse_epochs": args.sparse_epochs,
+        "prune_only": prune_only,
+        "prune_seconds": round(result.seconds, 3),  # wall time of the search and the pruning itself
         "ratios": list(result.ratios),
+        "channels_removed": result.ratio,
+        "channels": {name: {"kept": kept, "before": n0} for name, (kept, n0) in result.channels.items()},
         "params_before": cost_before.num_params,
         "params_after": cost_after.num_params,
         "macs_before": cost_before.macs,
         "macs_after": cost_after.macs,
         "flops_before": cost_before.flops,
         "flops_after": cost_after.flops,
-        "top1_before": top1_before,
-        "top1_after_prune": top1_pruned,
-        "top1_after_bn_recalibration": top1_recal,
+        "top1_before": top1["before"],
+        "top1_after_prune": top1["after_prune"],
+        "top1_after_bn_recalibration": top1["after_bn_recalibration"],
         "cost_before": cost_before.to_dict(),
         "cost_after": cost_after.to_dict(),
     }
-    if _rank() == 0:  # under torchrun every rank prunes identically; rank 0 writes
-        out.mkdir(parents=True, exist_ok=True)  # only now: a target that cannot be met leaves nothing behind
-        students.save_checkpoint(out / PRUNED_CKPT, model.cpu(), meta={
-            "pruned": True, "data_mean": list(data.mean), "data_std": list(data.std),
-            "classes": list(data.classes), "top1": top1_recal})
-        atomic_write_json(out / PRUNE_RECORD, record)
-    return _finetune(cfg, out, resume=False, stop_after=args.stop_after)
 
 
 def _sparse_stage(args, cfg: TrainConfig, model, out: Path, ckpt_path: Path):
@@ -269,10 +360,14 @@ def _finetune(cfg: TrainConfig | None, out: Path, *, resume: bool, stop_after: i
     with RichReporter("fine-tune") as reporter:
         summary = run_training(cfg or TrainConfig(), out, resume=resume, reporter=reporter, stop_after=stop_after,
                                make_reporter=lambda label: reporter)
-    console.print(_summary_table(summary, out))
-    console.print(f"top-1: before pruning {record['top1_before']:.2f}%  right after {record['top1_after_prune']:.2f}%"
-                  f"  after BN recalibration {record['top1_after_bn_recalibration']:.2f}%  after fine-tuning "
-                  f"{summary['top1_last']:.2f}% (EMA {summary['top1_ema'] or float('nan'):.2f}%)")
+    console.print(summary_table(summary, out))
+    def pct(value: float | None) -> str:  # no epoch finished yet (--stop-after 0): no top-1 to show
+        return "-" if value is None else f"{value:.2f}%"
+
+    console.print(f"top-1: before pruning {pct(record['top1_before'])}  right after {pct(record['top1_after_prune'])}"
+                  f"  after BN recalibration {pct(record['top1_after_bn_recalibration'])}  after fine-tuning "
+                  f"{pct(summary.get('top1_last'))} (EMA {pct(summary.get('top1_ema'))})"
+                  f"  pruning took {record.get('prune_seconds', float('nan')):.1f} s")
     return 0
 
 
@@ -289,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (out / LAST_CKPT).exists():
             return _finetune(None, out, resume=True, stop_after=args.stop_after)
         if not (out / CONFIG_FILE).exists():
+            if json.loads((out / PRUNE_RECORD).read_text()).get("prune_only"):
+                raise UserError(f"--resume {out}: pruned only (--finetune-epochs 0), nothing to resume; the pruned "
+                                f"student is {out / PRUNED_CKPT}")
             raise UserError(f"--resume {out}: pruning finished but fine-tuning never started; run prune again")
         cfg = TrainConfig.load(out / CONFIG_FILE)
         (out / CONFIG_FILE).unlink()  # fine-tuning died before its first checkpoint: start it again

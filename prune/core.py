@@ -1,27 +1,30 @@
-"""Structured channel pruning of students to an exact budget, on torch-pruning's dependency graph.
+"""Structured channel pruning to an exact budget, on torch-pruning's dependency graph.
 
 torch-pruning prunes by a channel *ratio*; a budget is a parameter or MAC count. :func:`prune_to_target`
-bridges the two: at each iterative step it bisects the ratio on a copy of the model until the pruned copy
-lands at or just under that step's budget, then applies the found ratio to the model itself. Coupled
-channels (a stage's residual sum, its projection shortcut) are pruned together by the dependency graph,
-and the classifier is never pruned, so the result is always a valid student that
-:func:`students.build_student` rebuilds from its recorded widths.
+bridges the two with one dependency graph per step (:class:`prune.plan.ChannelPlanner`): it scores every
+channel once, bisects over the distinct plans the ratio (or, with global ranking, the number of channels
+removed) can produce, costing each analytically, and applies the plan that lands at or just under the
+budget. Coupled channels (a stage's residual sum, its projection shortcut) are pruned together, and the
+classifier is never pruned, so a pruned student is always one :func:`students.build_student` rebuilds from
+its recorded widths. Works on any module torch-pruning can trace (a timm model, a custom CNN).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 import students
-from students.errors import UserError
+from students.common.errors import UserError
+
+from .plan import ChannelPlanner, Plan, ProgressFn
 
 __all__ = [
     "IMPORTANCES",
@@ -29,6 +32,7 @@ __all__ = [
     "PruneError",
     "PruneSettings",
     "PruneResult",
+    "find_classifier",
     "make_importance",
     "measure",
     "prune_to_target",
@@ -42,11 +46,23 @@ _logger = logging.getLogger(__name__)
 IMPORTANCES = ("l1", "l2", "taylor", "bn-scale", "lamp", "fpgm")
 TARGET_KINDS = ("params", "macs", "ratio")
 TOLERANCE = 0.02  # a budget is met when the result is at or below it and within 2% of it
-SEARCH_STEPS = 20  # bisection steps on the ratio: 2**-20 is far finer than one channel
 
 
 class PruneError(UserError):
-    """A budget that cannot be met, or a model that cannot be pruned as asked."""
+    """A budget that cannot be met, or a model or setting that cannot be used as asked.
+
+    The message names the library's arguments (``round_to=8``); ``render`` lets a command line name its
+    own flags instead. ``template`` holds ``{name}`` fields, ``values`` their values.
+    """
+
+    def __init__(self, template: str, **values: object) -> None:
+        self.template, self.values = template, values
+        super().__init__(self.render())
+
+    def render(self, names: Mapping[str, Callable[[object], str]] | None = None) -> str:
+        names = {"target": lambda v: f"target {v}", **(names or {})}
+        return self.template.format(**{k: names[k](v) if k in names else f"{k}={v!r}"
+                                       for k, v in self.values.items()})
 
 
 @dataclass(frozen=True)
@@ -54,32 +70,54 @@ class PruneSettings:
     """How to prune: importance criterion, ranking scope, steps, rounding and the per-layer ceiling."""
 
     importance: str = "l2"
-    global_pruning: bool = False  # rank channels across layers instead of pruning each layer equally
-    iterative_steps: int = 1
-    round_to: int | None = None  # keep channel counts multiples of this (e.g. 8 for tensor cores)
+    # per layer (default): every layer loses the same fraction of its channels, to within one rounding step
+    # (so budgets between two ratios' sizes can be met); global: channels ranked across all layers
+    global_pruning: bool = False
+    iterative_steps: int = 1  # re-score and prune in this many steps on the way to the target
+    round_to: int | None = None  # keep pruned channel counts multiples of this (8 suits oneDNN and tensor cores)
     max_layer_ratio: float = 0.9  # no layer loses more than this fraction of its channels
 
     def __post_init__(self) -> None:
         if self.importance not in IMPORTANCES:
-            raise PruneError(f"--importance {self.importance!r} is not one of {', '.join(IMPORTANCES)}"
-                             f"{students.suggest(self.importance, list(IMPORTANCES))}")
+            raise PruneError("{importance} is not one of " + ", ".join(IMPORTANCES)
+                             + students.suggest(self.importance, list(IMPORTANCES)), importance=self.importance)
         if self.iterative_steps < 1:
-            raise PruneError(f"--iterative-steps must be at least 1, got {self.iterative_steps}")
+            raise PruneError("{iterative_steps} must be at least 1", iterative_steps=self.iterative_steps)
         if self.round_to is not None and self.round_to < 1:
-            raise PruneError(f"--round-to must be a positive channel count, got {self.round_to}")
+            raise PruneError("{round_to} must be a positive channel count", round_to=self.round_to)
         if not 0.0 < self.max_layer_ratio < 1.0:
-            raise PruneError(f"--max-layer-ratio must be between 0 and 1, got {self.max_layer_ratio}")
+            raise PruneError("{max_layer_ratio} must be between 0 and 1", max_layer_ratio=self.max_layer_ratio)
 
 
 @dataclass(frozen=True)
 class PruneResult:
-    """What pruning did: the metric before and after, and the ratio each iterative step used."""
+    """What pruning did.
+
+    ``before``/``after`` are the budget's metric (params or MACs; params for a ratio); ``ratios`` the
+    fraction of prunable channels each step removed; ``channels`` each pruned layer's (kept, original)
+    output channels; ``seconds`` the wall time of the whole prune. ``model`` is the pruned module (the
+    one passed in, pruned in place).
+    """
 
     kind: str
     target: float
     before: int
     after: int
     ratios: tuple[float, ...]
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ratio(self) -> float:
+        """Fraction of the prunable channels removed over all steps."""
+        kept = sum(k for k, _ in self.channels.values())
+        total = sum(n for _, n in self.channels.values())
+        return 1.0 - kept / total if total else 0.0
 
 
 def make_importance(name: str) -> tp.importance.Importance:
@@ -96,7 +134,7 @@ def make_importance(name: str) -> tp.importance.Importance:
         return tp.importance.LAMPImportance(p=2)
     if name == "fpgm":  # He et al. 2019, "Filter Pruning via Geometric Median"
         return tp.importance.FPGMImportance(p=2)
-    raise PruneError(f"unknown importance {name!r}")
+    raise PruneError("{importance} is not one of " + ", ".join(IMPORTANCES), importance=name)
 
 
 def measure(model: nn.Module, kind: str, input_size: tuple[int, int, int] = (3, 32, 32)) -> int:
@@ -108,136 +146,255 @@ def measure(model: nn.Module, kind: str, input_size: tuple[int, int, int] = (3, 
     raise ValueError(f"cannot measure {kind!r}")
 
 
+def find_classifier(model: nn.Module) -> list[nn.Module]:
+    """The layers never to prune: timm's ``get_classifier()``, else the last ``nn.Linear``."""
+    if hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        return [head] if isinstance(head, nn.Module) else list(head)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
 def _example(model: nn.Module, input_size: tuple[int, int, int]) -> torch.Tensor:
     return torch.zeros(1, *input_size, device=next(model.parameters()).device)
 
 
-def _one_step(
-    model: nn.Module,
-    ratio: float,
-    settings: PruneSettings,
-    input_size: tuple[int, int, int],
-    grad_fn: Callable[[nn.Module], None] | None,
-) -> None:
-    """Prune ``model`` in place by ``ratio`` of its channels in one torch-pruning step."""
-    if ratio <= 0:
-        return
-    importance = make_importance(settings.importance)
-    if settings.importance == "taylor":
-        if grad_fn is None:
-            raise PruneError("taylor importance needs a batch of data to take gradients on")
-        model.zero_grad(set_to_none=True)
-        grad_fn(model)
-    pruner = tp.pruner.BasePruner(
-        model,
-        _example(model, input_size),
-        importance=importance,
-        global_pruning=settings.global_pruning,
-        pruning_ratio=ratio,
-        max_pruning_ratio=settings.max_layer_ratio,
-        iterative_steps=1,
-        round_to=settings.round_to,
-        ignored_layers=[model.get_classifier()] if hasattr(model, "get_classifier") else [],
-    )
-    pruner.step()
-    model.zero_grad(set_to_none=True)
+def _fmt(kind: str, n: float) -> str:
+    return f"{n:,.0f} {kind}"
+
+
+@dataclass
+class _Job:
+    """One prune: its fixed inputs and its one dependency graph (built on first use)."""
+
+    model: nn.Module
+    settings: PruneSettings
+    example: torch.Tensor
+    ignored: list[nn.Module]
+    grad_fn: Callable[[nn.Module], None] | None
+    progress: ProgressFn | None
+    _planner: ChannelPlanner | None = None
+    macs_start: int = 0  # MACs when the graph was built, by the planner's count
+
+    def planner_cost(self) -> dict[str, int]:
+        return self._planner.cost(self._planner.identity())
+
+    def planner(self, macs_total: int | None) -> ChannelPlanner:
+        """The prune's planner, scored for the model as it is now (importance once per step)."""
+        s = self.settings
+        if self._planner is None:
+            if s.importance == "taylor" and self.grad_fn is None:
+                raise PruneError("importance='taylor' needs grad_fn, a function that takes gradients of a loss on "
+                                 "one batch: grad_fn(model)")
+            self._planner = ChannelPlanner(self.model, self.example, ignored_layers=self.ignored,
+                                           round_to=s.round_to or 1, max_layer_ratio=s.max_layer_ratio,
+                                           macs_total=macs_total)
+            self.macs_start = self.planner_cost()["macs"]
+        if s.importance == "taylor":
+            self.model.zero_grad(set_to_none=True)
+            self.grad_fn(self.model)
+        try:
+            self._planner.estimate_importance(make_importance(s.importance), self.progress)
+        finally:
+            self.model.zero_grad(set_to_none=True)
+        return self._planner
+
+
+def _candidates(planner: ChannelPlanner, global_pruning: bool) -> list:
+    """Plan parameters in increasing order of removal: with global ranking the number of channels removed
+    (0 .. all), per layer the prefixes of :meth:`ChannelPlanner.local_steps` (every ratio's plan among them)."""
+    if global_pruning:
+        return list(range(planner.total_channels() + 1))
+    steps = planner.local_steps()
+    return [(steps, count) for count in range(len(steps) + 1)]
+
+
+def _plan(planner: ChannelPlanner, global_pruning: bool, param) -> Plan:
+    return planner.plan_global(int(param)) if global_pruning else planner.plan_steps(*param)
+
+
+def _search(planner: ChannelPlanner, kind: str, target: float, global_pruning: bool,
+            progress: ProgressFn | None) -> tuple[Plan | None, int, int | None]:
+    """The plan with the largest size at or below ``target`` (None if none), the smallest size any plan
+    reaches, and the nearest size above the target. Sizes are monotone in the candidates: bisect."""
+    cands = _candidates(planner, global_pruning)
+    size_at = {}
+
+    def size(i: int) -> int:
+        if i not in size_at:
+            size_at[i] = planner.cost(_plan(planner, global_pruning, cands[i]))[kind]
+            if progress:
+                progress("search", len(size_at), max(1, math.ceil(math.log2(len(cands) + 1))) + 2)
+        return size_at[i]
+
+    smallest = size(len(cands) - 1)
+    if smallest > target:
+        return None, smallest, None
+    lo, hi = 0, len(cands) - 1  # size(lo) > target >= size(hi), once lo is checked
+    if size(lo) <= target:
+        return _plan(planner, global_pruning, cands[lo]), smallest, None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if size(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return _plan(planner, global_pruning, cands[hi]), smallest, size(lo)
+
+
+def _unreachable(planner: ChannelPlanner, job: _Job, kind: str, target: float, smallest: int) -> PruneError:
+    """Why no plan reaches ``target``: rounding, or the per-layer ceiling."""
+    s = job.settings
+    if s.round_to and s.round_to > 1:
+        least = planner.cost(planner.smallest_unrounded())[kind]
+        if least <= target:
+            return PruneError("{target} is unreachable with {round_to}: the smallest size with that rounding is "
+                              f"{smallest:,} {kind} ({least:,} without rounding); lower {{round_to}} or choose a "
+                              "larger target", target=_fmt(kind, target), round_to=s.round_to)
+    return PruneError("{target} is unreachable with {max_layer_ratio}: the smallest achievable is "
+                      f"{smallest:,} {kind}; raise {{max_layer_ratio}} or choose a larger target",
+                      target=_fmt(kind, target), max_layer_ratio=s.max_layer_ratio)
+
+
+def _gap(job: _Job, kind: str, target: float, below: int, above: int | None) -> PruneError:
+    """No plan lands within the tolerance under ``target``: name the neighbours and what would help."""
+    s = job.settings
+    hints = ("" if s.global_pruning else ", or use {global_pruning}") + (
+        ", or lower {round_to}" if s.round_to and s.round_to > 1 else "")
+    return PruneError("{target} cannot be met within " + f"{TOLERANCE:.0%}: the nearest achievable sizes are "
+                      f"{below:,} (below) and " + (f"{above:,}" if above else "the unpruned size")
+                      + " (above); ask for one of those" + hints, target=_fmt(kind, target),
+                      global_pruning=True, round_to=s.round_to)
+
+
+def _start(model: nn.Module, settings: PruneSettings | None, input_size: tuple[int, int, int],
+           example_inputs: torch.Tensor | None, ignored_layers: Sequence[nn.Module] | None,
+           grad_fn: Callable[[nn.Module], None] | None, progress: ProgressFn | None) -> _Job:
+    if not isinstance(model, nn.Module) or not any(True for _ in model.parameters()):
+        raise PruneError("{model} must be an nn.Module with parameters", model=type(model).__name__)
+    example = example_inputs if example_inputs is not None else _example(model, input_size)
+    ignored = list(ignored_layers) if ignored_layers is not None else find_classifier(model)
+    return _Job(model, settings or PruneSettings(), example, ignored, grad_fn, progress)
+
+
+def _finish(job: _Job, kind: str, target: float, ratios: list[float], channels: dict, t0: float,
+            params_before: int, macs_before: int, input_size: tuple[int, int, int]) -> PruneResult:
+    params_after = students.count_params(job.model)
+    # fvcore traces the model (seconds on an 11M net): only for MAC budgets, where its count is the target's
+    # unit; otherwise the planner's count, which equals fvcore's on convolution/BN/linear/pooling nets.
+    macs_after = measure(job.model, "macs", input_size) if kind == "macs" else job.planner_cost()["macs"]
+    before, after = (macs_before, macs_after) if kind == "macs" else (params_before, params_after)
+    return PruneResult(kind, target, before, after, tuple(ratios), params_before, params_after, macs_before,
+                       macs_after, channels, time.perf_counter() - t0, job.model)
 
 
 def prune_by_ratio(
     model: nn.Module,
     ratio: float,
-    settings: PruneSettings,
+    settings: PruneSettings | None = None,
     *,
     input_size: tuple[int, int, int] = (3, 32, 32),
+    example_inputs: torch.Tensor | None = None,
+    ignored_layers: Sequence[nn.Module] | None = None,
     grad_fn: Callable[[nn.Module], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> PruneResult:
-    """Remove ``ratio`` of the channels (per layer, or globally), over ``settings.iterative_steps`` steps."""
-    if not 0.0 < ratio < 1.0:
-        raise PruneError(f"--ratio must be between 0 and 1 (a fraction of channels), got {ratio}")
-    before = measure(model, "params")
-    ratios = []
-    for k in range(1, settings.iterative_steps + 1):
-        # torch-pruning's linear schedule: after step k the cumulative ratio is ratio * k / steps. Each step
-        # here prunes the surviving channels, so convert the cumulative goal to a ratio of what is left.
-        done, goal = ratio * (k - 1) / settings.iterative_steps, ratio * k / settings.iterative_steps
-        step_ratio = (goal - done) / (1.0 - done)
-        _one_step(model, step_ratio, settings, input_size, grad_fn)
-        ratios.append(step_ratio)
-    return PruneResult("ratio", ratio, before, measure(model, "params"), tuple(ratios))
-
-
-def _search(
-    model: nn.Module,
-    kind: str,
-    target: float,
-    settings: PruneSettings,
-    input_size: tuple[int, int, int],
-    grad_fn: Callable[[nn.Module], None] | None,
-) -> tuple[float, int, int]:
-    """The smallest ratio whose pruned copy of ``model`` measures at or below ``target``, that size, and the
-    size one bisection step short of it (the nearest achievable size above the target)."""
-    cache: dict[float, int] = {}
-
-    def size_at(ratio: float) -> int:
-        if ratio not in cache:
-            trial = copy.deepcopy(model)
-            _one_step(trial, ratio, settings, input_size, grad_fn)
-            cache[ratio] = measure(trial, kind, input_size)
-        return cache[ratio]
-
-    lo, hi = 0.0, settings.max_layer_ratio
-    cache[lo] = measure(model, kind, input_size)
-    smallest = size_at(hi)
-    if smallest > target:
-        raise PruneError(
-            f"target {kind} {target:,.0f} is unreachable with --max-layer-ratio {settings.max_layer_ratio}: "
-            f"the smallest achievable is {smallest:,}; raise --max-layer-ratio or choose a larger target"
-        )
-    for _ in range(SEARCH_STEPS):
-        mid = 0.5 * (lo + hi)
-        if size_at(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi, size_at(hi), size_at(lo)
+    """Remove ``ratio`` of the channels (of each layer, or of all layers ranked together), in place."""
+    return prune_to_target(model, "ratio", ratio, settings, input_size=input_size, example_inputs=example_inputs,
+                           ignored_layers=ignored_layers, grad_fn=grad_fn, progress=progress)
 
 
 def prune_to_target(
     model: nn.Module,
     kind: str,
     target: float,
-    settings: PruneSettings,
+    settings: PruneSettings | None = None,
     *,
     input_size: tuple[int, int, int] = (3, 32, 32),
+    example_inputs: torch.Tensor | None = None,
+    ignored_layers: Sequence[nn.Module] | None = None,
     grad_fn: Callable[[nn.Module], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> PruneResult:
-    """Prune ``model`` in place until its ``kind`` (params or macs) is at or below ``target``, within 2%.
+    """Prune ``model`` in place until its ``kind`` ("params" or "macs", fvcore's count per image) is at or
+    below ``target`` and within 2% of it; ``kind="ratio"`` removes that fraction of channels instead.
 
-    Raises :class:`PruneError` when the target is at or above the current size, below what the layer
-    ceiling allows, or falls in a gap that channel rounding cannot land in (the message gives the nearest
-    achievable sizes on both sides).
+    Args:
+        model: any module torch-pruning can trace (a student, a timm model, a custom CNN).
+        settings: criterion, global ranking, steps, rounding and per-layer ceiling (default: l2, per layer).
+        input_size / example_inputs: the input the graph is traced on (one image of ``input_size``).
+        ignored_layers: layers whose outputs are never pruned (default: the classifier, see
+            :func:`find_classifier`).
+        grad_fn: for ``importance="taylor"``: takes gradients of a loss on a batch, ``fn(model)``.
+        progress: called as ``progress(phase, done, total)`` during importance and search passes.
+
+    Raises :class:`PruneError` (naming these arguments) when the target is not below the current size,
+    below what the per-layer ceiling or rounding allows (the model is then left untouched), or in a gap no
+    plan lands in within 2% (the message gives the nearest sizes on both sides).
     """
-    before = measure(model, kind, input_size)
+    t0 = time.perf_counter()
+    if kind not in TARGET_KINDS:
+        raise PruneError("{kind} is not one of " + ", ".join(TARGET_KINDS), kind=kind)
+    job = _start(model, settings, input_size, example_inputs, ignored_layers, grad_fn, progress)
+    s = job.settings
+    params_before = students.count_params(model)
+    macs_before = measure(model, "macs", input_size) if kind == "macs" else None
+    if kind == "ratio":
+        if not 0.0 < target < 1.0:
+            raise PruneError("{ratio} must be between 0 and 1 (a fraction of channels)", ratio=target)
+        return _prune_ratio(job, target, t0, params_before, input_size)
+    before = macs_before if kind == "macs" else params_before
     if target >= before:
-        raise PruneError(f"target {kind} {target:,.0f} is not below the current {before:,}; choose a smaller target")
-    ratios = []
-    current = before
-    for k in range(1, settings.iterative_steps + 1):
+        raise PruneError("{target} is not below the current " + f"{before:,} {kind}; choose a smaller target",
+                         target=_fmt(kind, target))
+    ratios: list[float] = []
+    above = None
+    for k in range(1, s.iterative_steps + 1):
         # Iterative steps walk the budget down linearly; the last step lands on the target itself.
-        step_target = before - (before - target) * k / settings.iterative_steps
-        ratio, _, above = _search(model, kind, step_target, settings, input_size, grad_fn)
-        _one_step(model, ratio, settings, input_size, grad_fn)
-        ratios.append(ratio)
-        current = measure(model, kind, input_size)
-        _logger.info("pruning step %d/%d: ratio %.4f, %s %s", k, settings.iterative_steps, ratio, kind, f"{current:,}")
-    if current < target * (1 - TOLERANCE):
-        raise PruneError(
-            f"target {kind} {target:,.0f} cannot be met within {TOLERANCE:.0%}: the nearest achievable sizes are "
-            f"{current:,} (below) and {above:,} (above); ask for one of those"
-            + ("" if settings.global_pruning else ", use --global")
-            + (", or lower --round-to" if settings.round_to else "")
-        )
-    return PruneResult(kind, target, before, current, tuple(ratios))
+        step_target = before - (before - target) * k / s.iterative_steps
+        planner = job.planner(macs_before)
+        macs_before = macs_before or job.macs_start
+        if k == 1:  # nothing is pruned yet: say why the user's own target cannot be reached, if it cannot
+            plan, smallest, _ = _search(planner, kind, target, s.global_pruning, None)
+            if plan is None:
+                raise _unreachable(planner, job, kind, target, smallest)
+        plan, smallest, above = _search(planner, kind, step_target, s.global_pruning, progress)
+        if plan is None:  # an intermediate budget out of reach: take the smallest plan, later steps go on
+            plan = _plan(planner, s.global_pruning, _candidates(planner, s.global_pruning)[-1])
+        if k == s.iterative_steps and planner.cost(plan)[kind] < target * (1 - TOLERANCE):
+            raise _gap(job, kind, target, planner.cost(plan)[kind], above)
+        ratios.append(plan.removed_fraction(planner.groups))
+        planner.apply(plan)
+        _logger.info("pruning step %d/%d: removed %.1f%% of the remaining channels, %s now %s", k,
+                     s.iterative_steps, 100 * ratios[-1], kind, f"{planner.cost(planner.identity())[kind]:,}")
+    channels = job._planner.channels()
+    result = _finish(job, kind, target, ratios, channels, t0, params_before, macs_before, input_size)
+    if result.after > target:
+        _logger.warning("the cost model was off: %s %s is over the target %s", kind, f"{result.after:,}",
+                        f"{target:,.0f}")
+    return result
+
+
+def _prune_ratio(job: _Job, ratio: float, t0: float, params_before: int,
+                 input_size: tuple[int, int, int]) -> PruneResult:
+    """``ratio`` of the channels over ``iterative_steps`` steps (torch-pruning's linear schedule)."""
+    s, ratios = job.settings, []
+    total0 = None
+    for k in range(1, s.iterative_steps + 1):
+        goal = ratio * k / s.iterative_steps  # cumulative, of the channels the prune started with
+        planner = job.planner(None)
+        if s.global_pruning:
+            total0 = total0 or planner.total_channels()
+            keep = int(total0 * (1.0 - goal) + 1e-9)
+            plan = planner.plan_global(max(0, planner.total_channels() - keep))
+        else:
+            plan = planner.plan_local(goal)
+        ratios.append(plan.removed_fraction(planner.groups))
+        planner.apply(plan)
+        _logger.info("pruning step %d/%d: removed %.1f%% of the remaining channels", k, s.iterative_steps,
+                     100 * ratios[-1])
+    channels = job._planner.channels()
+    return _finish(job, "ratio", ratio, ratios, channels, t0, params_before, job.macs_start, input_size)
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ _LAZY = {
     **dict.fromkeys(("CIFAR10_MEAN", "CIFAR10_STD", "BasicBlock", "CifarResNet"), "model"),
     **dict.fromkeys(("PRESETS", "BudgetError", "Preset", "count_params", "create", "register", "resolve"), "registry"),
 }
-_SUBMODULES = ("checkpoint", "cli", "console", "cost", "errors", "model", "registry", "sizes", "spec")
+_SUBMODULES = ("checkpoint", "cli", "common", "console", "cost", "errors", "model", "registry", "sizes", "spec")
 
 __all__ = [
     "BasicBlock", "BudgetError", "CHECKPOINT_FORMAT", "CIFAR10_MEAN", "CIFAR10_STD", "CheckpointError",

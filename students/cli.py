@@ -10,14 +10,13 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from rich.table import Table
-
-from .console import ArgumentParser, cli_entry, console, run, setup_logging
-from .cost import cost_report
-from .errors import UserError
-from .registry import PRESETS, create, resolve
-from .sizes import format_count, parse_count
+from .common.console import ArgumentParser, cli_entry, console, run, setup_logging
+from .common.errors import UserError
+from .common.sizes import format_count, parse_count
 from .spec import format_spec
+
+# Names that need torch, timm or fvcore (.cost, .registry) are imported inside the commands, so that
+# `students --help` answers without loading them (tests/test_first_hour.py checks it).
 
 MAX_INPUT_SIZE = 1024  # pixels; students are built for 32x32 images
 
@@ -37,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
+    from rich.table import Table
+
+    from .cost import cost_report
+    from .registry import PRESETS, create
+
     table = Table(title="Preset students (10 classes, 3x32x32 input)")
     table.add_column("name")
     table.add_column("spec")
@@ -54,6 +58,11 @@ def _list() -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from .cost import cost_report
+    from .registry import PRESETS, create, resolve
+
     if args.num_classes < 1:
         raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
     if not 1 <= args.input_size <= MAX_INPUT_SIZE:  # the cost is measured on a real input of this size

@@ -1,15 +1,7 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The toolkit's error type: moved to :mod:`students.common.errors`; this path keeps old imports working."""
 
-from __future__ import annotations
+import sys
 
-__all__ = ["UserError"]
+from .common import errors as _moved
 
-
-class UserError(ValueError):
-    """Bad input: a malformed spec, missing data, a corrupt checkpoint, an impossible budget.
-
-    The message is one line saying what is wrong and how to fix it; the command-line tools print it and
-    exit with status 2 instead of showing a traceback.
-    """
-
-    exit_code = 2
+sys.modules[__name__] = _moved  # the same module object: old imports, isinstance checks and patches all agree

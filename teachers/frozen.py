@@ -124,7 +124,7 @@ class FrozenTeacher(nn.Module):
     ) -> None:
         super().__init__()
         model.requires_grad_(False)
-        num_classes = int(model.num_classes)
+        num_classes = getattr(model, "num_classes", None)  # any nn.Module may be a teacher (distill.fit)
         self.model = _fold_batchnorm(model) if fold_bn else model
         self.adapter = InputAdapter(
             student_mean=student_mean, student_std=student_std,

@@ -29,7 +29,7 @@ from students import PRESETS
 from students import create as create_student
 from students import resolve as resolve_student
 from students.checkpoint import CheckpointError, build_student, load_file, student_arch
-from students.errors import UserError
+from students.common.errors import UserError
 from students.spec import SpecError, suggest
 
 __all__ = [
@@ -451,6 +451,12 @@ def build_from_arch(arch: Mapping[str, Any]) -> nn.Module:
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"teacher architecture in checkpoint is invalid: bad or missing {err}") from None
         return create_teacher(name, num_classes, mode=mode, input_size=input_size)
+    if family == "custom":  # written by distill.fit for a module of the user's own
+        raise CheckpointError(
+            f"the checkpoint holds a custom module ({arch.get('class', 'unknown class')}) that cannot be rebuilt "
+            "from its name; build it in Python and load the weights: "
+            "model.load_state_dict(torch.load(path, weights_only=True)['state_dict'])"
+        )
     raise CheckpointError(f"unknown architecture family {family!r} in checkpoint (expected 'student' or 'timm')")
 
 

@@ -150,7 +150,7 @@ def test_incomplete_and_pruned_runs_are_listed_not_crashed(capsys, runs: dict[st
     assert "2 run(s), 5 incomplete" in out
     assert f"{empty}: not a run directory" in out and f"{corrupt}: corrupt summary.json" in out
     assert f"{tmp_path / 'missing'}: does not exist" in out
-    assert "yes" in out  # the pruned column
+    assert "[pruned]" in out  # marked beside the model
     # A parent folder of runs is not itself a run, and the reason says what to pass instead.
     assert "pass" in load_run(runs["r1_1_c4"].parent).reason
 

@@ -40,8 +40,8 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(cifar_subset_dir
     assert main([*_common(cifar_subset_dir), "--batch-size", "50", "--out", str(one)]) == 0
     # Exactly one run directory, written once by rank 0.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
-    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl",
-                                                     "summary.json"]
+    assert sorted(p.name for p in two.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.csv",
+                                                     "metrics.jsonl", "summary.json"]
     summary = json.loads((two / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["complete"]
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 2

@@ -45,7 +45,7 @@ def test_teacher_then_run_then_eval(capsys, cifar_subset_dir: Path, teacher_run:
     assert f"top-1 {t_summary['top1_best']:.2f}%" in stdout  # the teacher's accuracy is shown before KD
 
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "summary.json"]
+    assert files == ["best.pt", "config.json", "last.pt", "metrics.csv", "metrics.jsonl", "summary.json"]
     config = json.loads((out / "config.json").read_text())
     assert config["student"] == TINY_STUDENT and config["teacher"] == TINY_TEACHER and config["mixup"] == 0.2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -191,9 +191,94 @@ def test_every_recipe_resolves(name: str) -> None:
 
 
 def test_flags_override_recipe() -> None:
-    from distill.cli import _config_from_args, _parser
+    from distill.cli import _parser
+    from distill.cli_common import config_from_args
 
     args = _parser().parse_args(["run", "--recipe", "seed003", "--epochs", "5", "--teacher", "resnet18"])
-    cfg = _config_from_args(args, "run")
+    cfg = config_from_args(args, "run")
     assert cfg.epochs == 5 and cfg.optimizer == "sgd" and cfg.schedule == "multistep" and cfg.student == "seed003"
     assert cfg.teacher == "resnet18"
+
+
+TIMING = ("train_seconds", "train_img_s", "seconds")
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_config_json_fed_back_reproduces_the_run(capsys, cifar_subset_dir: Path, tmp_path: Path) -> None:
+    first, again, seed1 = tmp_path / "first", tmp_path / "again", tmp_path / "seed1"
+    code, _, err = _cli(capsys, "run", "--student", TINY_STUDENT, "--data", cifar_subset_dir, "--epochs", "1",
+                        "--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--mixup", "0.2", "--out", first)
+    assert code == 0, err
+    code, _, err = _cli(capsys, "run", "--config", first / "config.json", "--out", again)
+    assert code == 0, err
+    assert (again / "config.json").read_text() == (first / "config.json").read_text()
+    assert _metrics(again) == _metrics(first)  # losses, accuracies and lr exactly equal
+    assert (again / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+
+    # One change on top of the file: only that setting differs.
+    code, _, err = _cli(capsys, "run", "--config", first / "config.json", "--seed", "1", "--epochs", "1",
+                        "--stop-after", "0", "--out", seed1)
+    assert code == 0, err
+    a, b = (json.loads((d / "config.json").read_text()) for d in (first, seed1))
+    assert {k for k in a if a[k] != b[k]} == {"seed"} and b["seed"] == 1
+
+
+def test_config_files_yaml_old_names_and_deprecated_alpha(capsys, tmp_path: Path) -> None:
+    from distill.cli import _parser
+    from distill.cli_common import config_from_args
+
+    yaml_file = tmp_path / "s.yaml"
+    yaml_file.write_text("student: r1_1_c8\nepochs: 3\nalpha: 0.7\nmilestones: [0.3, 0.6]\n")
+    json_file = tmp_path / "s.json"
+    json_file.write_text(json.dumps({"lr": 0.2, "kd_loss": "dkd"}))
+    pytest.importorskip("yaml")
+    cfg = config_from_args(_parser().parse_args(["run", "--config", str(yaml_file), "--epochs", "4"]), "run")
+    assert (cfg.student, cfg.epochs, cfg.kd_weight, cfg.milestones) == ("r1_1_c8", 4, 0.7, (0.3, 0.6))
+    cfg = config_from_args(_parser().parse_args(["teacher", "--config", str(json_file), "--teacher", "resnet18"]),
+                           "teacher")
+    assert (cfg.kind, cfg.lr, cfg.kd_loss, cfg.teacher) == ("teacher", 0.2, "dkd", "resnet18")
+    args = _parser().parse_args(["run", "--alpha", "0.5"])
+    assert "--alpha is deprecated; use --kd-weight" in capsys.readouterr().out
+    assert config_from_args(args, "run").kd_weight == 0.5
+    assert TrainConfig.from_dict({"alpha": 0.3}).kd_weight == 0.3  # config.json of older runs
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"lrr": 0.1}))
+    code, _, err = _cli(capsys, "run", "--config", bad, "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "unknown settings ['lrr']")
+    code, _, err = _cli(capsys, "run", "--config", tmp_path / "missing.json", "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "cannot read config")
+
+
+def test_tensorboard_event_files_or_a_clear_note(capsys, cifar_subset_dir: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    out = tmp_path / "tb"
+    code, stdout, err = _cli(capsys, "run", "--student", TINY_STUDENT, "--data", cifar_subset_dir, "--epochs", "1",
+                             "--batch-size", "100", "--device", "cpu", "--no-ema", "--no-tta", "--tensorboard",
+                             "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["tensorboard"] is True
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "tensorboard is not installed" in stdout
+    else:
+        assert list(out.glob("events.out.tfevents.*"))
+
+
+def test_teacher_recipe_is_named_and_follows_the_students_data_and_budget() -> None:
+    from distill.recipes import TEACHER_RECIPES, teacher_config
+
+    student = TrainConfig(teacher="resnet18", optimizer="adam", lr=1e-3, epochs=7, batch_size=64, mixup=0.2,
+                          data="cifar100", train_subset=500, seed=4, label_smoothing=0.0, kd_weight=0.5)
+    cfg = teacher_config(student)
+    assert (cfg.kind, cfg.teacher, cfg.recipe) == ("teacher", "resnet18", "teacher-default")
+    assert (cfg.optimizer, cfg.lr, cfg.label_smoothing) == ("sgd", 0.1, 0.1)  # the recipe's own values
+    assert (cfg.epochs, cfg.batch_size, cfg.mixup, cfg.data, cfg.train_subset, cfg.seed) == (7, 64, 0.2, "cifar100",
+                                                                                              500, 4)
+    assert cfg.kd_weight is None  # distillation settings are the student's, not the teacher's
+    assert teacher_config(student.replace(optimizer="sgd", lr=0.05)).lr == 0.05  # same optimiser: same lr scale
+    assert set(TEACHER_RECIPES) == {"teacher-default"}

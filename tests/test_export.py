@@ -95,8 +95,10 @@ def test_record_latency_keeps_other_devices(tmp_path: Path) -> None:
 def test_export_bad_input_gets_one_line_and_exit_2(capsys, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
     code, _, err = _cli(capsys, "export", run_dir)
     assert_one_line_error(code, err, "nothing to do")
-    code, _, err = _cli(capsys, "export", run_dir, "--onnx", "/nonexistent/x.onnx")
-    assert_one_line_error(code, err, "--onnx /nonexistent/x.onnx")
+    blocker = tmp_path / "a-file"  # a missing folder is created; one under a file cannot be
+    blocker.write_text("x")
+    code, _, err = _cli(capsys, "export", run_dir, "--onnx", blocker / "x.onnx")
+    assert_one_line_error(code, err, f"--onnx {blocker / 'x.onnx'}")
     code, _, err = _cli(capsys, "export", tmp_path / "missing.pt", "--onnx", tmp_path / "x.onnx")
     assert_one_line_error(code, err, "does not exist")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed

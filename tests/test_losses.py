@@ -181,7 +181,7 @@ def test_standardized_kd(logits) -> None:
 
 def test_dkd_matches_hand_computation(logits) -> None:
     s, t, y = logits
-    loss = DKDLoss(temperature=4.0, alpha=1.0, beta=8.0)
+    loss = DKDLoss(temperature=4.0, tckd_weight=1.0, nckd_weight=8.0)
     out = loss(*f32(s, t), y)
     tckd, nckd = ref_dkd(s, t, y, 4.0)
     assert out["tckd"].item() == pytest.approx(tckd, **TOL)
@@ -279,12 +279,12 @@ def test_build_loss_defaults_and_weights() -> None:
     kd = build_loss("kd")
     assert isinstance(kd, KDLoss) and (kd.temperature, kd.kd_weight, kd.ce_weight) == (4.0, 0.9, pytest.approx(0.1))
     dkd = build_loss("dkd")
-    assert (dkd.temperature, dkd.kd_weight, dkd.ce_weight, dkd.alpha, dkd.beta) == (4.0, 1.0, 1.0, 1.0, 8.0)
+    assert (dkd.temperature, dkd.kd_weight, dkd.ce_weight, dkd.tckd_weight, dkd.nckd_weight) == (4.0, 1.0, 1.0, 1.0, 8.0)
     dist = build_loss("dist")
     assert (dist.temperature, dist.kd_weight, dist.ce_weight) == (1.0, 1.0, 1.0)
     # A kd_weight given without a ce_weight is Hinton's convex mix for every method.
-    mixed = build_loss("dkd", temperature=2.0, kd_weight=0.8, label_smoothing=0.1, beta=2.0)
-    assert (mixed.temperature, mixed.kd_weight, mixed.ce_weight, mixed.beta) == (2.0, 0.8, pytest.approx(0.2), 2.0)
+    mixed = build_loss("dkd", temperature=2.0, kd_weight=0.8, label_smoothing=0.1, nckd_weight=2.0)
+    assert (mixed.temperature, mixed.kd_weight, mixed.ce_weight, mixed.nckd_weight) == (2.0, 0.8, pytest.approx(0.2), 2.0)
     assert mixed.label_smoothing == 0.1
     assert build_loss("dist", kd_weight=2.0, ce_weight=1.0).kd_weight == 2.0
     assert isinstance(build_loss("ce", label_smoothing=0.1), CELoss)

@@ -61,7 +61,7 @@ def test_every_optimizer_steps(name: str) -> None:
     assert not torch.equal(before, model.fc.weight)
 
 
-@pytest.mark.parametrize("bad", [dict(optimizer="sgdd"), dict(epochs=0), dict(alpha=1.5), dict(lr=-1.0),
+@pytest.mark.parametrize("bad", [dict(optimizer="sgdd"), dict(epochs=0), dict(kd_weight=1.5), dict(lr=-1.0),
                                  dict(schedule="linear"), dict(milestones=(8.0, 5.0))])
 def test_invalid_settings_are_rejected(bad: dict) -> None:
     with pytest.raises(ConfigError):

@@ -97,17 +97,18 @@ def source_run(cifar_subset_dir: Path, tmp_path_factory) -> Path:
 
 def test_prune_cli_end_to_end_with_resume(capsys, source_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "pruned"
-    code, stdout, err = _cli(capsys, source_run, "--target-params", "39k", "--global", "--finetune-epochs", "2",
+    # 37k: reachable with the default --round-to 8 (36,386 params); 39k is not (36,386 or 40,658)
+    code, stdout, err = _cli(capsys, source_run, "--target-params", "37k", "--global", "--finetune-epochs", "2",
                              "--out", out, "--stop-after", "1")
     assert code == 0, err
     assert "achieved: " in stdout and "right after pruning" in stdout
     code, stdout, err = _cli(capsys, "--resume", out)
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == [
-        "best.pt", "config.json", "last.pt", "metrics.jsonl", "prune.json", "pruned.pt", "summary.json"]
+        "best.pt", "config.json", "last.pt", "metrics.csv", "metrics.jsonl", "prune.json", "pruned.pt", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["epochs_done"] == 2
-    assert 39_000 * 0.98 <= summary["num_params"] <= 39_000
+    assert 37_000 * 0.98 <= summary["num_params"] <= 37_000
     pruned = summary["pruned"]
     for key in ("top1_before", "top1_after_prune", "top1_after_bn_recalibration", "params_before", "macs_after"):
         assert key in pruned

@@ -37,7 +37,7 @@ INF, NAN = float("inf"), float("nan")
         ("weight_decay", INF, "--weight-decay must be a finite number"),
         ("temperature", NAN, "--temperature must be a finite number"),
         ("ema_decay", NAN, "--ema-decay must be a finite number"),
-        ("alpha", NAN, "--alpha must be a finite number"),
+        ("kd_weight", NAN, "--kd-weight must be a finite number"),
         ("warmup_epochs", INF, "--warmup-epochs must be a finite number"),
         ("gamma", -INF, "--gamma must be a finite number"),
         ("mixup", NAN, "--mixup must be a finite number"),

@@ -1,0 +1,122 @@
+"""The data of a run as loaders of device batches: the project's device-resident loader for an
+:class:`~distill.data.ImageDataset`, or any ``(images, labels)`` iterables (e.g. torch ``DataLoader``s)
+moved to the device batch by batch, with what the summary and checkpoints record about them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from students.common.errors import UserError
+
+from . import dist
+from .config import TrainConfig
+from .data import DeviceLoader, ImageDataset
+
+__all__ = ["EVAL_BATCH", "Loaders", "OnDevice", "Batches", "dataset_batches", "loader_batches", "eval_label"]
+
+@dataclass
+class Loaders:
+    """Any iterables of ``(images, labels)`` batches (e.g. torch ``DataLoader``s), already normalised.
+
+    Batches are moved to the run's device as they are drawn; augmentation is the loader's own (the
+    config's crop, flip and cutout apply only to an ImageDataset, whose device loader does them).
+    """
+
+    train: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    test: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    num_classes: int
+    classes: list[str] | None = None
+    source: str = "python iterables"
+
+
+class OnDevice:
+    """A loader whose batches are moved to ``device`` (channels-last when asked) as they are drawn."""
+
+    def __init__(self, loader: Iterable, device: torch.device, channels_last: bool) -> None:
+        try:
+            len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(f"train and test must have a length (a DataLoader or a list of batches), got a "
+                            f"{type(loader).__name__}") from None
+        self.loader, self.device, self.channels_last = loader, device, channels_last
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in self.loader:
+            yield (images.to(self.device, non_blocking=True).float().contiguous(memory_format=fmt),
+                   labels.to(self.device, non_blocking=True))
+
+    def set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
+            sampler.set_epoch(epoch)
+
+    def count_images(self) -> int:
+        dataset = getattr(self.loader, "dataset", None)
+        try:
+            return len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            return sum(int(labels.shape[0]) for _, labels in self.loader)
+
+
+@dataclass
+class Batches:
+    """The data on the run's device, with what the summary and checkpoints record about it."""
+
+    train: Any  # DeviceLoader or OnDevice: len(), iteration, set_epoch()
+    test: Any
+    num_classes: int
+    source: str
+    train_images: int
+    test_images: int
+    eval_set: str  # what the reported top-1 is measured on
+    meta: dict[str, Any]  # normalisation and class names, recorded in checkpoints (a teacher re-normalises by it)
+
+
+def dataset_batches(data: ImageDataset, cfg: TrainConfig, device: torch.device, world: dist.DistInfo, *,
+                    channels_last: bool) -> Batches:
+    """The device-resident loaders of an ImageDataset (airbench style: augmentation runs on the device)."""
+    common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last, rank=world.rank,
+                  world_size=world.world_size)
+    train = DeviceLoader(data.train_images, data.train_labels, batch_size=cfg.batch_size, train=True,
+                         crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout, seed=cfg.seed, **common)
+    if len(train) == 0:
+        where = f" x {world.world_size} ranks" if world.distributed else ""
+        raise UserError(
+            f"--batch-size {cfg.batch_size}{where} is larger than the {data.train_labels.numel()} training images, "
+            "so an epoch has no full batch; lower --batch-size or use fewer processes"
+        )
+    test = DeviceLoader(data.test_images, data.test_labels, batch_size=max(cfg.batch_size, EVAL_BATCH), train=False,
+                        **common)
+    return Batches(train, test, data.num_classes, data.source, int(data.train_labels.numel()),
+                    int(data.test_labels.numel()), eval_label(cfg, data),
+                    {"data_mean": list(data.mean), "data_std": list(data.std), "classes": list(data.classes)})
+
+
+EVAL_BATCH = 500  # images per evaluation batch at least: no gradients, so larger batches are cheap
+
+
+def loader_batches(data: Loaders, cfg: TrainConfig, device: torch.device, *, channels_last: bool) -> Batches:
+    """Any sized iterables of batches, moved to ``device`` as they are drawn."""
+    train = OnDevice(data.train, device, channels_last)
+    test = OnDevice(data.test, device, channels_last)
+    if len(train) == 0:
+        raise UserError("train yields no batches")
+    n_test = test.count_images()
+    which = "validation set" if cfg.val_split else "test set"
+    meta = {"classes": list(data.classes)} if data.classes else {}
+    return Batches(train, test, data.num_classes, data.source, train.count_images(), n_test,
+                    f"{which} ({n_test:,} images)", meta)
+
+
+def eval_label(cfg: TrainConfig, data: ImageDataset) -> str:
+    """What the reported top-1 is measured on, e.g. ``test set (10,000 images)``."""
+    which = "validation split" if cfg.val_split else "test set"
+    return f"{which} ({data.test_labels.numel():,} images)"

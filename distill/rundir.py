@@ -1,0 +1,262 @@
+"""The run folder: its file names, the per-epoch metrics, checkpoints and the typed :class:`Summary`.
+
+Every command that writes or reads a run goes through this module, so the layout is written down once::
+
+    config.json    the TrainConfig that ran (feed it back: ``distill run --config run/config.json``)
+    metrics.jsonl  one JSON record per finished epoch; metrics.csv holds the same rows as a table
+    last.pt        the latest epoch: weights, optimizer, EMA and RNG state, to resume exactly
+    best.pt        the weights of the epoch with the best test top-1
+    summary.json   the :class:`Summary` of the run, rewritten when it ends (or stops)
+    prune.json     written by ``prune`` beside a pruned student's fine-tuning run
+
+``compare``, ``eval``, ``export``, ``prune`` and the benchmarks read runs with :func:`read_summary`,
+:func:`read_metrics` and these constants; none of them needs the training engine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from students.checkpoint import CheckpointError, load_file, save_checkpoint
+from students.common.errors import UserError
+from students.common.files import atomic_write_text
+
+from .config import TrainConfig
+
+__all__ = [
+    "CONFIG_FILE", "METRICS_FILE", "METRICS_CSV", "SUMMARY_FILE", "LAST_CKPT", "BEST_CKPT", "PRUNE_RECORD",
+    "RunError", "Summary", "RunDir", "read_metrics", "read_summary", "atomic_write_json", "is_complete",
+    "find_checkpoint",
+]
+
+CONFIG_FILE, METRICS_FILE, METRICS_CSV, SUMMARY_FILE = "config.json", "metrics.jsonl", "metrics.csv", "summary.json"
+LAST_CKPT, BEST_CKPT = "last.pt", "best.pt"
+PRUNE_RECORD = "prune.json"  # written by `prune` beside a pruned student's fine-tuning run
+
+
+class RunError(UserError):
+    """A run directory that cannot be created, resumed or read."""
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically: readers see the old file or the whole new one."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+@dataclass
+class Summary:
+    """What a finished (or stopped) run reports; saved as ``summary.json``. Accuracies are percent.
+
+    Reads like a dict too (``summary["top1_last"]``, ``summary.get("pruned")``), so code written against
+    the JSON keeps working. Keys this class does not name (``pruned``, ``latency``, ...) live in ``extra``.
+    """
+
+    kind: str  # "run" or "teacher"
+    complete: bool  # every configured epoch finished
+    epochs_done: int
+    epochs: int
+    model: str  # student spec, teacher name, or a custom module's class name
+    arch: dict[str, Any]  # how to rebuild the model (family "student", "timm" or "custom")
+    num_params: int
+    macs: int | None  # multiply-adds per image (fvcore's count); None where it could not be counted
+    flops: int | None  # 2 x macs
+    top1_last: float | None  # percent, last evaluated epoch
+    top1_best: float | None
+    top1_ema: float | None
+    top1_tta: float | None  # flip test-time augmentation, at the end of a complete run
+    eval_set: str
+    student: str | None = None
+    top1_unit: str = "percent"
+    teacher: str | None = None
+    teacher_top1: float | None = None  # percent, on the same evaluation set
+    kd: dict[str, Any] | None = None  # {"loss", "temperature", "kd_weight", "ce_weight"}
+    mixing: dict[str, Any] | None = None
+    train_img_s: float | None = None  # median over epochs
+    wall_s: float = 0.0  # seconds, all sessions of the run
+    device: str = ""
+    torch: str = ""
+    git_commit: str = "unknown"
+    data: str = ""
+    train_images: int = 0
+    test_images: int = 0
+    finished_at: str = ""
+    world_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # keys not named above: pruned, latency, classes, ...
+    run_dir: Path | None = field(default=None, compare=False)  # where it was read from or written; not saved
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in _KEY_ORDER}
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Summary":
+        """From ``summary.json`` contents; keys not named here go to ``extra``, old ``kd.alpha`` to ``kd_weight``."""
+        known = {f.name for f in fields(cls)} - {"extra", "run_dir"}
+        values = {k: v for k, v in data.items() if k in known}
+        kd = values.get("kd")
+        if isinstance(kd, dict) and "alpha" in kd and "kd_weight" not in kd:
+            values["kd"] = {("kd_weight" if k == "alpha" else k): v for k, v in kd.items()}
+        for name in ("kind", "complete", "epochs_done", "epochs", "model", "arch", "num_params", "macs", "flops",
+                     "top1_last", "top1_best", "top1_ema", "top1_tta", "eval_set"):
+            values.setdefault(name, None)
+        return cls(**values, extra={k: v for k, v in data.items() if k not in known})
+
+    def __getitem__(self, key: str) -> Any:
+        if key in _KEY_SET:
+            return getattr(self, key)
+        return self.extra[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in _KEY_SET or key in self.extra
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+_KEY_ORDER = (
+    "kind", "complete", "epochs_done", "epochs", "model", "arch", "student", "num_params", "macs", "flops",
+    "top1_last", "top1_best", "top1_ema", "top1_tta", "top1_unit", "eval_set", "teacher", "teacher_top1", "kd",
+    "mixing", "train_img_s", "wall_s", "device", "torch", "git_commit", "data", "train_images", "test_images",
+    "finished_at", "world_size",
+)
+_KEY_SET = frozenset(_KEY_ORDER)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (empty when it has none yet)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _metrics_csv(records: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+def read_summary(run_dir: str | Path) -> Summary:
+    """The :class:`Summary` of a run; :class:`RunError` when there is none or it cannot be read."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise RunError(f"cannot read {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise RunError(f"corrupt {path} (line {err.lineno}: {err.msg})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"corrupt {path} (not a JSON object)")
+    summary = Summary.from_dict(data)
+    summary.run_dir = Path(run_dir)
+    return summary
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the best (else last) checkpoint of a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST_CKPT, LAST_CKPT):
+            if (path / name).exists():
+                return path / name
+        raise CheckpointError(f"{path} holds no checkpoint ({BEST_CKPT} or {LAST_CKPT}); pass a run directory or .pt file")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a readable summary of a run that finished every epoch."""
+    try:
+        return bool(read_summary(run_dir).complete)
+    except RunError:
+        return False
+
+
+class RunDir:
+    """One run folder: creating it, resuming from it, and writing its records as training goes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def holds_run(self) -> bool:
+        return (self.path / CONFIG_FILE).exists() or (self.path / LAST_CKPT).exists()
+
+    def check_new(self, flag: str = "--out") -> None:
+        """Refuse a folder that already holds a run, before any work is done (nothing is overwritten)."""
+        if self.holds_run():
+            raise RunError(f"{self.path} already holds a run; continue it with --resume {self.path} or choose "
+                           f"another {flag}")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{flag} {self.path} exists and is not a directory")
+
+    def create(self, cfg: TrainConfig) -> None:
+        """Create the folder (and parents) and write ``config.json``; refuses a folder holding a run."""
+        self.check_new()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot create run directory {self.path}: {err.strerror}") from None
+        cfg.save(self.path / CONFIG_FILE)
+
+    def load_resume(self) -> tuple[TrainConfig, dict[str, Any]]:
+        """The config and last checkpoint of an interrupted run; :class:`RunError` when there is none."""
+        if not self.path.is_dir():
+            raise RunError(f"--resume {self.path}: no such run directory")
+        if not (self.path / CONFIG_FILE).exists():
+            raise RunError(f"--resume {self.path}: not a run directory (no {CONFIG_FILE})")
+        if not (self.path / LAST_CKPT).exists():
+            raise RunError(f"--resume {self.path}: the run has no checkpoint yet ({LAST_CKPT}); start it again "
+                           "instead")
+        return TrainConfig.load(self.path / CONFIG_FILE), load_file(self.path / LAST_CKPT)
+
+    def config(self) -> TrainConfig:
+        return TrainConfig.load(self.path / CONFIG_FILE)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """All records so far, as ``metrics.jsonl`` and ``metrics.csv`` (each replaced atomically)."""
+        atomic_write_text(self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(self.path / METRICS_CSV, _metrics_csv(records))
+
+    def save_best(self, model: Any, *, arch: dict[str, Any], meta: dict[str, Any]) -> None:
+        save_checkpoint(self.path / BEST_CKPT, model, arch=arch, meta=meta)
+
+    def save_last(self, model: Any, *, arch: dict[str, Any], meta: dict[str, Any], **state: Any) -> None:
+        """``last.pt``: weights plus the state to resume exactly (optimizer, RNG, EMA)."""
+        save_checkpoint(self.path / LAST_CKPT, model, arch=arch, meta=meta, **state)
+
+    def write_summary(self, summary: Summary) -> None:
+        atomic_write_json(self.path / SUMMARY_FILE, summary.to_dict())
+
+    def read_summary(self) -> Summary:
+        return read_summary(self.path)
+
+    def tensorboard_writer(self) -> Any | None:
+        """A TensorBoard ``SummaryWriter`` on this folder, or None when tensorboard is not installed."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch's writer needs the tensorboard package
+            return None
+        return SummaryWriter(log_dir=str(self.path))
+
+    def prune_record(self) -> dict[str, Any] | None:
+        """What ``prune`` recorded beside this run, or None for an ordinary run."""
+        path = self.path / PRUNE_RECORD
+        return json.loads(path.read_text()) if path.exists() else None
+
