@@ -96,7 +96,11 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
             cmd = [*py, "run", "--student", scale.student, "--epochs", str(epochs), *schedules[sched], *kd, *common,
                    "--seed", str(seed)]
             jobs.append(Job(name, cmd, needs=() if teacher is None else (teacher,), cell=cell, seed=seed))
-    return jobs
+    # Seed-major: every factor's effect at one seed comes first, then the second seed, then the longer runs,
+    # so a benchmark cut short by the clock still answers the main question.
+    order = {id(j): i for i, j in enumerate(jobs)}
+    return sorted(jobs, key=lambda j: (j.cell is not None, f"{first}ep" not in (j.cell or f"{first}ep"), j.seed,
+                                       order[id(j)]))
 
 
 def _summary(run_dir: Path) -> dict | None:
@@ -105,6 +109,12 @@ def _summary(run_dir: Path) -> dict | None:
         return None
     summary = json.loads(path.read_text())
     return summary if summary.get("complete") else None
+
+
+def _say(text: str) -> None:
+    # One write per line: print() from two threads can interleave the text and its newline.
+    sys.stdout.write(f"[{datetime.datetime.now():%H:%M:%S}] {text}\n")
+    sys.stdout.flush()
 
 
 def run_job(job: Job, work: Path, threads: int) -> dict:
@@ -119,7 +129,7 @@ def run_job(job: Job, work: Path, threads: int) -> dict:
         cmd, log = [*job.cmd, "--out", str(run_dir)], work / f"{job.name}.log"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    print(f"[{datetime.datetime.now():%H:%M:%S}] start {job.name}: {shlex.join(cmd)}", flush=True)
+    _say(f"start {job.name}: {shlex.join(cmd)}")
     with log.open("w") as out:
         out.write("$ " + shlex.join(cmd) + "\n")
         out.flush()
@@ -127,8 +137,7 @@ def run_job(job: Job, work: Path, threads: int) -> dict:
     if proc.returncode != 0 or (summary := _summary(run_dir)) is None:
         tail = "\n".join(log.read_text().splitlines()[-10:])
         raise RuntimeError(f"{job.name} failed ({proc.returncode}); log {log}:\n{tail}")
-    print(f"[{datetime.datetime.now():%H:%M:%S}] done  {job.name}: top-1 {summary['top1_last']:.2f}% "
-          f"in {summary['wall_s']:.0f} s", flush=True)
+    _say(f"done  {job.name}: top-1 {summary['top1_last']:.2f}% in {summary['wall_s']:.0f} s")
     return summary
 
 
