@@ -92,7 +92,7 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
         for seed in seeds:
             name = cell.replace(",", "").replace(" ", "-").replace(".", "") + f"-s{seed}"
             kd = [] if teacher is None else ["--teacher", scale.teacher, "--teacher-ckpt", str(work / teacher),
-                                             "--kd-loss", "kd", "--temperature", "4", "--alpha", "0.9"]
+                                             "--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.9"]
             cmd = [*py, "run", "--student", scale.student, "--epochs", str(epochs), *schedules[sched], *kd, *common,
                    "--seed", str(seed)]
             jobs.append(Job(name, cmd, needs=() if teacher is None else (teacher,), cell=cell, seed=seed))

@@ -5,8 +5,7 @@ module torch-pruning can trace.
 >>> result = prune_to_target(model, "params", 2.5e6)     # pruned in place; result.model is the same module
 >>> result.params_before, result.params_after, result.channels, result.seconds
 
-Names load on first use, so ``import prune.widths`` (the training engine's memory-format check) does not
-import torch-pruning.
+Names load on first use, so ``import prune`` does not import torch-pruning until it is needed.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ _EXPORTS = {
     "IMPORTANCES": "core", "PruneError": "core", "PruneResult": "core", "PruneSettings": "core",
     "TARGET_KINDS": "core", "find_classifier": "core", "make_importance": "core", "measure": "core",
     "prune_by_ratio": "core", "prune_to_target": "core", "recalibrate_bn": "core",
-    "sparsity_regularizer": "core", "channels_last_safe": "widths",
+    "sparsity_regularizer": "core",
+    "channels_last_safe": "distill.device",  # the training engine's memory-format check for pruned widths
 }
 
 __all__ = sorted(_EXPORTS)
@@ -26,7 +26,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'prune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    home = _EXPORTS[name]
+    value = getattr(importlib.import_module(home if "." in home else f".{home}", __name__), name)
     globals()[name] = value
     return value
 

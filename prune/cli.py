@@ -19,36 +19,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-import students
 from distill.cli_common import NON_CONFIG, RichReporter, add_train_args, decode_progress, summary_table
-from distill.config import TrainConfig
-from distill.data import DeviceLoader
-from distill.device import resolve_device
-from distill.engine import evaluate
-from distill.pipeline import load_data, run_training
-from distill.rundir import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, atomic_write_json, find_checkpoint
 from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
 from students.common.errors import UserError
 from students.common.sizes import format_count, parse_count
 
-from .core import (
-    IMPORTANCES,
-    PruneError,
-    PruneResult,
-    PruneSettings,
-    prune_to_target,
-    recalibrate_bn,
-    sparsity_regularizer,
-)
+from .names import IMPORTANCES
+
+
+def _import_runtime() -> None:
+    """torch, the training engine and torch-pruning, imported once the arguments parse (so ``prune --help``
+    answers at once); bound as this module's globals, where the functions below use them."""
+    import torch
+    from rich.table import Table
+
+    import students
+    from distill.config import TrainConfig
+    from distill.data import DeviceLoader
+    from distill.device import resolve_device
+    from distill.engine import evaluate
+    from distill.pipeline import load_data, run_training
+    from distill.rundir import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, atomic_write_json, find_checkpoint
+
+    from .core import PruneError, PruneResult, PruneSettings, prune_to_target, recalibrate_bn, sparsity_regularizer
+
+    globals().update({name: value for name, value in locals().items()})
+
 
 PRUNED_CKPT = "pruned.pt"
 BN_CALIBRATION_BATCHES = 50
 INPUT_SIZE = (3, 32, 32)
-DEFAULT_ROUND_TO = 8  # see benchmarks/prune_speed.py: odd widths train slower on CPU and can crash oneDNN
+DEFAULT_ROUND_TO = 8  # benchmarks/prune_speed.py: odd widths train ~1.9x slower per image on CPU, crash oneDNN
 
 
 def _rank() -> int:
@@ -69,11 +72,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="rank channels across all layers (default: prune each layer by the same ratio)")
     how.add_argument("--iterative-steps", type=int, default=1, help="reach the target in this many steps")
     how.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N",
-                     help=f"keep pruned channel counts multiples of N (default: {DEFAULT_ROUND_TO}; layers already "
-                          "narrower stay whole). Rounding costs exactness: fewer sizes can be built, so a "
-                          "budget may land up to a few %% further under, or be refused as out of reach on a "
-                          "small net; --round-to 1 is exact but odd widths train slower on CPU (and crash "
-                          "oneDNN in channels-last on some torch versions)")
+                     help=f"keep pruned channel counts multiples of N (default: {DEFAULT_ROUND_TO}; a layer already "
+                          "under N stays whole). Rounding costs exactness: fewer sizes can be built, so on a "
+                          "small net a budget may have no size within 2%% under it (prune then names the nearest "
+                          "sizes) or be out of reach. --round-to 1 is exact, but at the same --ratio its odd widths "
+                          "trained 1.9x slower per image on CPU than widths rounded to 8 "
+                          "(benchmarks/prune_speed.py) and "
+                          "crash oneDNN in channels-last, so they train in the slower contiguous format there")
     how.add_argument("--max-layer-ratio", type=float, default=0.9,
                      help="no layer loses more than this fraction of its channels (default: 0.9)")
     how.add_argument("--sparse-epochs", type=int, default=0,
@@ -374,6 +379,7 @@ def _finetune(cfg: TrainConfig | None, out: Path, *, resume: bool, stop_after: i
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _import_runtime()
     setup_logging(args.verbose)
     if _rank() != 0:  # under torchrun only rank 0 prints
         console.quiet = True

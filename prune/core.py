@@ -24,6 +24,7 @@ from torch import nn
 import students
 from students.common.errors import UserError
 
+from .names import IMPORTANCES, TARGET_KINDS
 from .plan import ChannelPlanner, Plan, ProgressFn
 
 __all__ = [
@@ -43,8 +44,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-IMPORTANCES = ("l1", "l2", "taylor", "bn-scale", "lamp", "fpgm")
-TARGET_KINDS = ("params", "macs", "ratio")
 TOLERANCE = 0.02  # a budget is met when the result is at or below it and within 2% of it
 
 
