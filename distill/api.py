@@ -25,6 +25,7 @@ import students
 from teachers import FrozenTeacher
 
 from .config import TrainConfig
+from .feature_kd import feature_levels, is_feature_method
 from .data import ImageDataset
 from . import engine
 from .batches import Loaders
@@ -137,8 +138,9 @@ def fit(
     frozen = None
     if teacher is not None:
         frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
+        if is_feature_method(cfg.kd_loss):  # a teacher without stage features fails before out is written
+            feature_levels(frozen, role="teacher")
     models = Models(model=student, arch=module_arch(student, num_classes), teacher=frozen,
                     extra_summary={"classes": list(data.classes)} if data.classes else {})
-    folder.create(cfg)
-    return engine.train(cfg, models, data, folder, reporter=reporter)
+    return engine.train(cfg, models, data, folder, reporter=reporter)  # creates the folder once all is checked
 

@@ -3,6 +3,7 @@
     distill teacher --teacher resnet50 --data cifar10 --epochs 200 --out runs/t-resnet50
     distill run --teacher resnet50 --student r4_3323 [--teacher-ckpt runs/t-resnet50] [--recipe seed000]
     distill run --resume runs/run-r4_3323-...
+    distill sweep --teacher resnet50 --students r4_3323,r3_333_c16-32-64 --out runs/sweep1   (one teacher pass per batch)
     distill run --config runs/run-r4_3323-.../config.json --seed 1 --out runs/seed1   (a run's settings, one changed)
     distill eval runs/run-r4_3323-.../best.pt --data cifar10 [--report reports/r4_3323]
     distill compare runs/* [--sort top1] [--budget 5M] [--csv runs.csv] [--markdown runs.md] [--plot runs.png]
@@ -23,9 +24,11 @@ from rich.table import Table
 
 from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
 from students.common.errors import UserError
+from students.common.files import atomic_write_text
 from students.common.sizes import parse_count
 
-from .cli_common import NON_CONFIG, RichReporter, add_train_args, config_from_args, decode_progress, fmt, summary_table
+from .cli_common import (NON_CONFIG, RichReporter, TimingProgress, add_train_args, config_from_args, decode_progress,
+                         fmt, summary_table)
 from .config import DEVICES, TrainConfig
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,10 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_args(sub.add_parser("run", help="distill a student from a teacher (or train it alone)"), "run")
     add_train_args(sub.add_parser("teacher", help="train a teacher with the same engine"), "teacher")
+    _sweep_args(sub.add_parser("sweep", help="several students against one teacher pass per batch, then compare"))
     ev = sub.add_parser("eval", help="top-1 and per-class precision/recall of a checkpoint")
     ev.add_argument("checkpoint", help="a .pt checkpoint or a run directory (uses best.pt)")
-    ev.add_argument("--data", default="cifar10", help="data to evaluate on (its test split)")
-    ev.add_argument("--test-subset", type=int, default=None, help="evaluate on this many test images")
+    ev.add_argument("--data", default=None,
+                    help="data to evaluate on, its whole test split (default: the run's own data and test images, "
+                         "chosen as the run chose them: its --test-subset / --val-split and seed)")
+    ev.add_argument("--test-subset", type=int, default=None,
+                    help="evaluate on this many test images (class-balanced, seed 0) of --data or the run's data")
     ev.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default: 500)")
     ev.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when present, else CPU")
     ev.add_argument("--tta", action="store_true", help="average with horizontally flipped images")
@@ -66,29 +73,100 @@ def _parser() -> argparse.ArgumentParser:
                     help="auto: CPU, plus CUDA when present; cpu: CPU only; cuda: CPU and CUDA")
     ex.add_argument("--threads", type=int, default=None,
                     help="CPU threads for the latency measurement (default: torch's, one per core)")
+    for command in sub.choices.values():  # -v also after the command: distill run ... -v
+        if "-v" not in command._option_string_actions:
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help="debug logging and full warnings (also accepted before the command)")
     return parser
 
 
-def _train(args: argparse.Namespace, kind: str) -> int:
-    from .pipeline import run_training
+def _sweep_args(sw: argparse.ArgumentParser) -> None:
+    add_train_args(sw, "run")
+    sw.add_argument("--students", default=None, metavar="SPECS",
+                    help="the students, comma-separated (e.g. r3_111_c16-32-64,r2_11_c8-16); each gets a run "
+                         "folder OUT/<student>; every other setting is shared, the batches and teacher pass too")
 
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``distill sweep``: train the students together (distill.sweep), then print their compare table."""
+    names = vars(args).pop("students", None)
+    if getattr(args, "dry_run", False):
+        raise UserError("distill sweep has no --dry-run; plan one student with distill run --dry-run")
+    if "student" in vars(args):
+        raise UserError("distill sweep trains --students A,B,...; --student names a single run's student")
     if args.resume:
+        ignored = sorted(k for k in vars(args) if k not in NON_CONFIG | {"dry_run"})
+        if ignored or names:
+            console.print(f"[yellow]--resume uses the sweep's saved settings; ignoring "
+                          f"{', '.join(ignored + (['students'] if names else []))}[/]")
+        cfg, students, root = TrainConfig(), [], Path(args.resume)
+    else:
+        students = [n.strip() for n in (names or "").split(",") if n.strip()]
+        if not students:
+            raise UserError("distill sweep needs --students SPEC,SPEC,... (the students to train together)")
+        cfg = config_from_args(args, "run")
+        root = Path(args.out) if args.out else Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    from . import compare
+    from .sweep import run_sweep
+
+    with RichReporter("sweep") as reporter:
+        summaries = run_sweep(cfg, students, root, resume=bool(args.resume), reporter=reporter,
+                              progress=decode_progress(), stop_after=args.stop_after,
+                              make_reporter=lambda label: reporter)
+    rows = [compare.load_run(s.run_dir) for s in summaries]
+    console.print(compare.compare_table(rows, title=f"sweep {root}", columns=compare.select_columns(None)))
+    return 0
+
+
+def _train(args: argparse.Namespace, kind: str) -> int:
+    if args.resume and args.dry_run:
+        from .rundir import RunDir
+
+        cfg, checkpoint = RunDir(args.resume).load_resume()
+        console.print(f"plan: resume {args.resume} ({cfg.kind} {cfg.model_name}) after epoch "
+                      f"{checkpoint['meta']['epoch']} of {args.epochs if 'epochs' in args else cfg.epochs} "
+                      "(dry run: nothing was trained or written)", soft_wrap=True)
+        return 0
+    if args.resume:
+        from .pipeline import run_training
+
         ignored = sorted(k for k, v in vars(args).items() if k not in NON_CONFIG and k not in ("epochs", "device"))
         if ignored:
             console.print(f"[yellow]--resume uses the run's saved settings; ignoring {', '.join(ignored)}[/]")
-        run_dir = Path(args.resume)
-        cfg = None
-    else:
-        cfg = config_from_args(args, kind)
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{kind}-{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        with RichReporter(kind) as reporter:
+            summary = run_training(TrainConfig(), Path(args.resume), resume=True, reporter=reporter,
+                                   progress=decode_progress(), stop_after=args.stop_after,
+                                   make_reporter=lambda label: reporter, epochs_override=getattr(args, "epochs", None))
+        console.print(summary_table(summary, Path(args.resume)))
+        return 0
+    cfg = config_from_args(args, kind)
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{kind}-{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # The plan comes first: its first line before torch is even imported, the rest before any training.
+    teacher = f" from teacher {cfg.teacher}" if cfg.uses_teacher else ""
+    console.print(f"plan: distill {kind} {cfg.model_name}{teacher}, data {cfg.data}"
+                  + (" (dry run: nothing is written)" if args.dry_run else f", into {run_dir}"), soft_wrap=True)
+    from .pipeline import check_run, load_data, plan_run, run_training
+
+    check_run(cfg, run_dir)
+    data = load_data(cfg, decode_progress())
+    plan = None
+    if int(os.environ.get("RANK", "0")) == 0 or args.dry_run:  # under torchrun rank 0 plans for all
+        with TimingProgress() as timing:
+            plan = plan_run(cfg, data, progress=timing, described=lambda p: _print_lines(p.describe_lines()))
+        _print_lines(plan.estimate_lines())
+    if args.dry_run:
+        console.print("dry run: nothing was trained or written")
+        return 0
     with RichReporter(kind) as reporter:
-        summary = run_training(
-            cfg if cfg is not None else TrainConfig(), run_dir, resume=bool(args.resume), reporter=reporter,
-            progress=decode_progress(), stop_after=args.stop_after, make_reporter=lambda label: reporter,
-            epochs_override=getattr(args, "epochs", None) if args.resume else None,
-        )
+        summary = run_training(cfg, run_dir, reporter=reporter, progress=decode_progress(), stop_after=args.stop_after,
+                               make_reporter=lambda label: reporter, data=data, plan=plan)
     console.print(summary_table(summary, run_dir))
     return 0
+
+
+def _print_lines(lines: list[str]) -> None:
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -103,12 +181,20 @@ def _eval(args: argparse.Namespace) -> int:
     report_dir = _report_dir(args.report)
     path = find_checkpoint(args.checkpoint)
     model, ckpt = teachers.load_model(path)
-    data = load_dataset(args.data, download=True, progress=decode_progress())
-    if args.test_subset:
-        data = data.subset(test=args.test_subset)
+    run_cfg = _run_config(ckpt)
+    if args.data is None and args.test_subset is None and run_cfg is not None:
+        from .pipeline import load_data, test_selection
+
+        data = load_data(run_cfg, decode_progress())  # the run's own test images, picked exactly as it did
+        console.print(f"images: {test_selection(run_cfg)['how']}", soft_wrap=True)
+    else:
+        data = load_dataset(args.data or (run_cfg.data if run_cfg else "cifar10"), download=True,
+                            progress=decode_progress())
+        if args.test_subset:
+            data = data.subset(test=args.test_subset)
     num_classes = int(ckpt["arch"].get("num_classes", -1))
     if num_classes != data.num_classes:
-        raise UserError(f"{path} predicts {num_classes} classes but {args.data} has {data.num_classes}")
+        raise UserError(f"{path} predicts {num_classes} classes but {data.source} has {data.num_classes}")
     meta = ckpt.get("meta", {})
     mean, std = tuple(meta.get("data_mean", data.mean)), tuple(meta.get("data_std", data.std))
     device = resolve_device(args.device)
@@ -144,6 +230,19 @@ def _eval(args: argparse.Namespace) -> int:
         console.print(f"report: {report_dir}/per_class.csv, confusion.png, misclassified.png "
                       f"({shown} of {int((preds != labels).sum()):,} misclassified images shown)", soft_wrap=True)
     return 0
+
+
+def _run_config(ckpt: dict[str, Any]) -> TrainConfig | None:
+    """The settings of the run that wrote a checkpoint (recorded in its meta), or None when it has none or
+    its data cannot be loaded by name (e.g. a notebook run on Python iterables)."""
+    recorded = ckpt.get("meta", {}).get("config")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        cfg = TrainConfig.from_dict(recorded)
+    except UserError:
+        return None
+    return cfg if cfg.data in ("cifar10", "cifar100") or os.path.exists(cfg.data) else None
 
 
 def _check_writable(path: str | Path, flag: str) -> Path:
@@ -204,10 +303,10 @@ def _compare(args: argparse.Namespace) -> int:
     console.print(compare.compare_table(rows, args.sort, budget, columns=columns))
     try:
         if args.csv is not None:
-            Path(args.csv).write_text(compare.to_csv(rows, args.sort, budget))
+            atomic_write_text(args.csv, compare.to_csv(rows, args.sort, budget))
             console.print(f"wrote {args.csv}", soft_wrap=True)
         if args.markdown is not None:
-            Path(args.markdown).write_text(compare.to_markdown(rows, args.sort, budget))
+            atomic_write_text(args.markdown, compare.to_markdown(rows, args.sort, budget))
             console.print(f"wrote {args.markdown}", soft_wrap=True)
         if args.plot is not None:
             counts = compare.plot(rows, args.plot)
@@ -285,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 prints
         console.quiet = True
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command in ("run", "teacher"):
         return _train(args, args.command)
     if args.command == "compare":

@@ -20,8 +20,8 @@ from students.common.sizes import format_count, parse_count
 from .config import DEVICES, KD_LOSS_NAMES, OPTIMIZERS, SCHEDULES, TEACHER_MODES, TrainConfig, read_settings
 from .recipes import RECIPES, recipe_overrides
 
-__all__ = ["NON_CONFIG", "add_train_args", "config_from_args", "RichReporter", "decode_progress", "summary_table",
-           "fmt"]
+__all__ = ["NON_CONFIG", "add_train_args", "config_from_args", "RichReporter", "TimingProgress", "decode_progress",
+           "summary_table", "fmt"]
 
 _DEFAULTS = TrainConfig()
 
@@ -55,6 +55,10 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     _optim_args(p.add_argument_group("optimisation"))
     _augment_args(p.add_argument_group("augmentation"))
     _run_args(p.add_argument_group("run"))
+    if kind in ("run", "teacher"):
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the plan (device, data, teacher source, sizes, time estimate) and exit; "
+                            "writes nothing")
 
 
 def _model_args(model: argparse._ArgumentGroup, kind: str) -> None:
@@ -66,6 +70,12 @@ def _model_args(model: argparse._ArgumentGroup, kind: str) -> None:
     model.add_argument("--teacher-weights", default=S, help="local pretrained state dict for the teacher")
     if kind in ("run", "prune"):  # prune: the fine-tuning run's settings (its student comes from SOURCE)
         model.add_argument("--teacher-ckpt", default=S, help="teacher checkpoint file or run directory")
+    if kind == "run":  # the teacher `distill run` trains when none is stored: its own epochs and lr
+        model.add_argument("--teacher-epochs", type=int, default=S,
+                           help="epochs of the teacher trained when none is stored (default: --epochs)")
+        model.add_argument("--teacher-lr", type=float, default=S,
+                           help="peak lr of the teacher trained when none is stored (default: its recipe's, "
+                                "teacher-default: 0.1)")
     if kind == "run":
         model.add_argument("--student", default=S, help="student spec or preset" + _default("student"))
         model.add_argument("--max-params", default=S, help="fail if the student is bigger, e.g. 5M")
@@ -74,7 +84,11 @@ def _model_args(model: argparse._ArgumentGroup, kind: str) -> None:
 
 
 def _kd_args(kd: argparse._ArgumentGroup) -> None:
-    kd.add_argument("--kd-loss", choices=KD_LOSS_NAMES, default=S, help="logit distillation loss" + _default("kd_loss"))
+    kd.add_argument("--kd-loss", choices=KD_LOSS_NAMES, default=S, metavar="LOSS",
+                    help="logit loss (kd, dkd, dist), feature method (fitnet, at) or both (kd+at, dkd+fitnet, ...)"
+                         + _default("kd_loss"))
+    kd.add_argument("--feat-weight", type=float, default=S,
+                    help="weight of a feature method's term (default: the method's own: fitnet 100, at 1000)")
     kd.add_argument("--temperature", type=float, default=S,
                     help="softmax temperature T (default: the loss's own: kd 4, dkd 4, dist 1)")
     kd.add_argument("--kd-weight", type=float, default=S,
@@ -141,7 +155,7 @@ def _run_args(run: argparse._ArgumentGroup) -> None:
                      help="stop after N epochs in this invocation (resumable), e.g. for time-limited jobs")
 
 
-NON_CONFIG = {"command", "verbose", "out", "resume", "stop_after"}
+NON_CONFIG = {"command", "verbose", "out", "resume", "stop_after", "dry_run"}
 
 
 def config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
@@ -217,6 +231,33 @@ class RichReporter:
             self.step_task = None
         self.progress.update(self.epoch_task, completed=record["epoch"],
                              info=f"test {record.get('test_top1', float('nan')):.2f}%")
+
+
+class TimingProgress:
+    """A transient progress line while the plan times a few steps of each model (seconds for big models on
+    a CPU): ``progress(what, done, total)``."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("timing {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "TimingProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.tasks.get(what) == "done":
+            return
+        if what not in self.tasks:
+            self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[what], completed=done, total=total)
+        if done >= total:  # one line at a time: the model being timed now
+            self.progress.remove_task(self.tasks[what])
+            self.tasks[what] = "done"
 
 
 def decode_progress():

@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from students.common.errors import UserError
+from students.common.files import atomic_write_bytes
 from students.common.sizes import format_count
 
 from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PRUNE_RECORD, SUMMARY_FILE, Summary
@@ -561,6 +562,8 @@ def plot(rows: Iterable[Row], path: str | Path) -> dict[str, int]:
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle("top-1 against size")
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()  # rendered in memory, then written atomically: a full disk leaves no partial file
+    fig.savefig(buffer, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
+    atomic_write_bytes(path, buffer.getbuffer())
     _logger.debug("wrote %s (%s)", path, counts)
     return counts

@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from students.common.errors import UserError
+from students.common.files import atomic_write_text
 from students.spec import suggest
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "ConfigError", "read_settings"]
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "adadelta", "adagrad", "rmsprop")
 SCHEDULES = ("cosine", "sgdr", "multistep", "onecycle", "constant")
-KD_LOSS_NAMES = ("kd", "dkd", "dist")
+LOGIT_KD_LOSSES = ("kd", "dkd", "dist")
+# Feature distillation (distill.feature_kd): a feature term alone (with CE) or beside a logit loss.
+FEATURE_KD_NAMES = ("fitnet", "at", *(f"{lg}+{ft}" for lg in LOGIT_KD_LOSSES for ft in ("fitnet", "at")))
+KD_LOSS_NAMES = LOGIT_KD_LOSSES + FEATURE_KD_NAMES
 TEACHER_MODES = ("cifar", "upsample")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -60,6 +64,18 @@ def _check_numbers(cfg: Any) -> None:
         )
 
 
+def _is_student_spec(name: str) -> bool:
+    """True for a student spec or preset (``r4_3323``), which have no timm weights; False for timm names."""
+    from students.registry import resolve  # imported here: the settings module stays light
+    from students.spec import SpecError
+
+    try:
+        resolve(name)
+        return True
+    except SpecError:
+        return False
+
+
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ConfigError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(options)}{suggest(value, list(options))}")
@@ -84,6 +100,8 @@ class TrainConfig:
     teacher_pretrained: bool = False
     teacher_weights: str | None = None  # local pretrained state dict
     teacher_top1: float | None = None  # percent, measured before distillation
+    teacher_epochs: int | None = None  # epochs of a teacher `distill run` trains itself; None: --epochs
+    teacher_lr: float | None = None  # peak lr of a teacher `distill run` trains itself; None: its recipe's
     data: str = "cifar10"
     train_subset: int | None = None  # images; None = all
     test_subset: int | None = None  # images; None = all
@@ -106,6 +124,7 @@ class TrainConfig:
     kd_loss: str = "kd"
     temperature: float | None = None  # softmax temperature; None: the loss's published default (kd 4, dkd 4, dist 1)
     kd_weight: float | None = None  # weight of the distillation term (Hinton's alpha), CE gets 1 - kd_weight; None: the loss's default
+    feat_weight: float | None = None  # weight of the feature term of a feature method; None: its default (fitnet 100, at 1000)
     label_smoothing: float = 0.0  # probability mass spread over all classes
     mixup: float = 0.0  # Beta(a, a) for MixUp; 0 = off
     cutmix: float = 0.0  # Beta(a, a) for CutMix; 0 = off
@@ -141,6 +160,13 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.teacher_epochs is not None and self.teacher_epochs < 1:
+            raise ConfigError(f"--teacher-epochs must be at least 1, got {self.teacher_epochs}")
+        if self.teacher_lr is not None and not self.teacher_lr > 0:
+            raise ConfigError(f"--teacher-lr must be positive, got {self.teacher_lr}")
+        if self.feat_weight is not None and (self.feat_weight < 0 or self.kd_loss not in FEATURE_KD_NAMES):
+            raise ConfigError(f"--feat-weight {self.feat_weight} needs a feature method (--kd-loss at, fitnet, kd+at, ...) "
+                              "and must not be negative")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
         for name in ("kd_weight", "label_smoothing", "mix_prob", "min_lr_ratio"):
@@ -154,12 +180,22 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"--ema-decay must be between 0 and 1, got {self.ema_decay}")
+        if not str(self.data).strip():
+            raise ConfigError("--data is empty; name the data: cifar10, cifar100, or a folder or .tar.gz of images")
+        for name in ("train_subset", "test_subset", "num_classes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:  # 0 would silently mean "all images"
+                raise ConfigError(f"{_flag(name)} must be at least 1, got {value}")
         if self.val_split < 0:
             raise ConfigError(f"--val-split must not be negative, got {self.val_split}")
         if self.sgdr_t0 < 1 or self.sgdr_mult < 1:
             raise ConfigError("--sgdr-t0 and --sgdr-mult must be at least 1")
         if any(m <= 0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"--milestones must be increasing and positive, got {list(self.milestones)}")
+        if (self.teacher_weights or self.teacher_pretrained) and self.teacher and _is_student_spec(self.teacher):
+            flag = "--teacher-weights" if self.teacher_weights else "--teacher-pretrained"
+            raise ConfigError(f"{flag} loads timm weights, but --teacher {self.teacher} is a student spec, built and "
+                              f"trained here; drop {flag} (a trained student teacher comes with --teacher-ckpt)")
         if self.teacher_ckpt and not self.teacher:
             raise ConfigError("--teacher-ckpt needs --teacher NAME (the checkpoint's model name)")
         if self.kind == "teacher" and not self.teacher:
@@ -205,7 +241,8 @@ class TrainConfig:
         return data
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write ``config.json`` atomically (:class:`~students.common.files.WriteError` on a full or read-only disk)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":

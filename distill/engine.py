@@ -19,6 +19,7 @@ continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -34,17 +35,20 @@ import torch
 from torch import nn
 
 import students
+from students.checkpoint import CheckpointError, load_file, load_state_into
 from students.common.errors import UserError
+from students.common.files import WriteError
 
 from . import dist
 from .config import TrainConfig
 from .data import ImageDataset
 from .device import channels_last_safe, device_name, git_commit, resolve_device
+from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, stage_features
 from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
 from .optim import build_optimizer, lr_at, set_lr
 from .batches import Batches, Loaders, dataset_batches, loader_batches
-from .rundir import LAST_CKPT, RunDir, RunError, Summary, read_metrics
+from .rundir import BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, read_metrics
 
 __all__ = [
     "RunError",
@@ -56,6 +60,9 @@ __all__ = [
     "predict",
     "evaluate",
     "train_one_epoch",
+    "build_train_loss",
+    "teacher_forward",
+    "student_step",
     "train",
     "git_commit",
     "read_metrics",
@@ -67,7 +74,7 @@ LOG_EVERY_STEPS = 10  # host synchronisations for progress and NaN checks happen
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the message names the checkpoint that was kept."""
 
 
 class Reporter(Protocol):
@@ -186,14 +193,9 @@ def train_one_epoch(
         else:
             targets = labels
         with _autocast(device, amp):
-            teacher_logits = teacher(images) if teacher is not None else None
-            logits = model(images)
-            parts = loss_fn(logits.float(), None if teacher_logits is None else teacher_logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        if after_backward is not None:  # e.g. a sparsity regulariser adding to the gradients before the step
-            after_backward(model)
-        optimizer.step()
+            teacher_out = teacher_forward(teacher, images, [loss_fn])
+        parts, logits = student_step(model, images, targets, teacher_out, loss_fn=loss_fn, optimizer=optimizer,
+                                     device=device, amp=amp, after_backward=after_backward)
         if ema is not None:
             ema.update(model, step=step)
         for key, value in parts.items():
@@ -215,15 +217,59 @@ def train_one_epoch(
     return stats
 
 
+TeacherOutput = tuple["torch.Tensor | None", dict[int, torch.Tensor]]  # logits, and maps by feature level
+
+
+def teacher_forward(teacher: nn.Module | None, images: torch.Tensor, loss_fns: Iterable[nn.Module]) -> TeacherOutput:
+    """The teacher's logits for ``images`` and the feature maps that the feature losses among ``loss_fns`` use.
+
+    One pass serves every loss (several students in :mod:`distill.sweep`): the levels are recorded by hooks
+    during the teacher's ordinary forward. ``(None, {})`` without a teacher.
+    """
+    if teacher is None:
+        return None, {}
+    levels = sorted({j for fn in loss_fns if isinstance(fn, FeatureKD) for j in fn.teacher_indices})
+    if not levels:
+        return teacher(images), {}
+    logits, maps = stage_features(teacher, images, levels, role="teacher")
+    return logits, dict(zip(levels, maps))
+
+
+def student_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    teacher_out: TeacherOutput,
+    *,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    amp: bool = True,
+    after_backward: Callable[[nn.Module], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimiser step of ``model`` on a (mixed) batch against the teacher's output: the loss parts and logits."""
+    teacher_logits, teacher_maps = teacher_out
+    feature = isinstance(loss_fn, FeatureKD) and teacher_logits is not None
+    with _autocast(device, amp), (loss_fn.capture(teacher=False) if feature else contextlib.nullcontext()):
+        logits = model(images)
+        extra = {"teacher_feats": [teacher_maps[j] for j in loss_fn.teacher_indices]} if feature else {}
+        parts = loss_fn(logits.float(), None if teacher_logits is None else teacher_logits.float(), targets, **extra)
+    optimizer.zero_grad(set_to_none=True)
+    parts["loss"].backward()
+    if after_backward is not None:  # e.g. a sparsity regulariser adding to the gradients before the step
+        after_backward(model)
+    if isinstance(loss_fn, FeatureKD):  # FitNets regressors sit outside DDP: average their gradients
+        loss_fn.average_gradients()
+    optimizer.step()
+    return parts, logits
+
+
 def _check_and_report(loss: torch.Tensor, step: int, reporter: Reporter, metrics: dict[str, float],
                       done: int) -> None:
     """Read the loss (mean over ranks) on the host: stop on NaN/inf, else report progress."""
     loss_now = dist.all_reduce_sum(loss.detach().float().clone()).item() / dist.info().world_size
     if not math.isfinite(loss_now):
-        raise TrainingDiverged(
-            f"loss became {loss_now} at step {step}; lower --lr or check the data. "
-            "The last good checkpoint (last.pt) was kept."
-        )
+        raise TrainingDiverged(f"loss became {loss_now} at step {step}")  # train() says which checkpoint is kept
     reporter.step(done, {"loss": loss_now, **metrics})
 
 
@@ -290,6 +336,7 @@ class _State:
     step: int = 0
     elapsed_before: float = 0.0  # seconds spent in earlier sessions of this run
     best_top1: float = -1.0
+    best_epoch: int | None = None  # the epoch best.pt holds
     teacher_top1: float | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     session_start: float = field(default_factory=time.perf_counter)
@@ -332,6 +379,25 @@ def _wrap_for_training(net: nn.Module, cfg: TrainConfig, device: torch.device, w
     return torch.compile(net) if cfg.compile else net
 
 
+def build_train_loss(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None) -> nn.Module:
+    """The loss ``cfg.kd_loss`` names, for ``model`` (placed on its device) and the frozen ``teacher``.
+
+    Without a teacher: (label-smoothed) cross-entropy. A feature method (``at``, ``kd+fitnet``, ...) gives
+    a :class:`~distill.feature_kd.FeatureKD` whose matched levels are probed on ``model`` and ``teacher``;
+    a teacher without timm's feature API raises :class:`~distill.feature_kd.FeatureAPIError`.
+    """
+    if teacher is not None and is_feature_method(cfg.kd_loss):
+        # FitNets regressors start from (seed) alone, not from whatever drew random numbers before: a sweep
+        # (distill.sweep) builds several students' losses in a row and must match their separate runs.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return build_feature_kd(cfg.kd_loss, model, teacher, feat_weight=cfg.feat_weight,
+                                    temperature=cfg.temperature, kd_weight=cfg.kd_weight,
+                                    label_smoothing=cfg.label_smoothing)
+    return build_loss(cfg.kd_loss if teacher is not None else "ce", temperature=cfg.temperature,
+                      kd_weight=cfg.kd_weight, label_smoothing=cfg.label_smoothing)
+
+
 def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_dir: RunDir,
            reporter: Reporter | None) -> _Parts:
     """Device, loaders, optimiser, loss, mixer, EMA and wrappers: the objects the loop steps."""
@@ -345,47 +411,113 @@ def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_d
     teacher = None
     if models.teacher is not None:
         teacher = _place(models.teacher, device, cfg.channels_last and channels_last_safe(models.teacher, device))
-    loss_fn = build_loss(  # without a teacher: (label-smoothed) cross-entropy
-        cfg.kd_loss if teacher is not None else "ce",
-        temperature=cfg.temperature, kd_weight=cfg.kd_weight, label_smoothing=cfg.label_smoothing,
-    )
+    loss_fn = build_train_loss(cfg, model, teacher)
+    # A feature method's own parameters (FitNets regressors) train beside the student, in one optimiser.
+    trained = nn.ModuleList([model, loss_fn]) if any(True for _ in loss_fn.parameters()) else model
     mixer = BatchMixer(MixConfig(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                                  label_smoothing=cfg.label_smoothing), num_classes=batches.num_classes)
     parts = _Parts(cfg, models, batches, run_dir, device, world, reporter, model, model, model, teacher,
-                   build_optimizer(model, cfg), loss_fn, mixer, _build_ema(cfg, model))
+                   build_optimizer(trained, cfg), loss_fn, mixer, _build_ema(cfg, model))
     parts.forward_model = parts.with_adapter(model)
     parts.train_model = _wrap_for_training(parts.forward_model, cfg, device, world)
-    if cfg.tensorboard and world.is_main:
-        parts.tensorboard = run_dir.tensorboard_writer()
-        if parts.tensorboard is None:
-            reporter.message("tensorboard is not installed: no event files (pip install tensorboard); training goes on")
     return parts
 
 
+def _check_data(cfg: TrainConfig, data: ImageDataset | Loaders) -> None:
+    """Refuse data that cannot train every class (e.g. ``--train-subset`` below the number of classes)."""
+    if not isinstance(data, ImageDataset):
+        return
+    per_class = torch.bincount(data.train_labels, minlength=data.num_classes)
+    empty = int((per_class == 0).sum())
+    if not empty:
+        return
+    if cfg.train_subset:
+        raise UserError(f"--train-subset {cfg.train_subset} leaves {empty} of the {data.num_classes} classes without "
+                        f"a training image; use at least {data.num_classes} (a few per class to learn anything)")
+    first = data.classes[int((per_class == 0).nonzero()[0])]
+    raise UserError(f"the training data ({data.source}) has no image of {empty} of its {data.num_classes} classes "
+                    f"(first: {first!r}); every class needs training images")
+
+
+def _open_folder(parts: _Parts, resume: dict[str, Any] | None) -> None:
+    """Under the folder's lock, rank 0: write ``config.json`` for a new run (or check ``last.pt`` is still the
+    one resumed from) and open TensorBoard. The first writes of a run: everything was checked before."""
+    run_dir, cfg = parts.run_dir, parts.cfg
+    if resume is not None:
+        run_dir.check_resume_current()
+    elif run_dir.create(cfg):
+        parts.reporter.message(f"{run_dir.path} held a run that stopped before its first checkpoint; starting it "
+                               "again from the beginning")
+    if cfg.tensorboard:
+        parts.tensorboard = run_dir.tensorboard_writer()
+        if parts.tensorboard is None:
+            parts.reporter.message("tensorboard is not installed: no event files (pip install tensorboard); "
+                                   "training goes on")
+
+
 def _restore(parts: _Parts, resume: dict[str, Any]) -> _State:
-    """The state saved in ``last.pt``, loaded into the parts; metrics after the checkpoint are dropped."""
-    parts.model.load_state_dict(resume["state_dict"])
-    parts.optimizer.load_state_dict(resume["optimizer"])
+    """The state saved in ``last.pt``, loaded into the parts; metrics after the checkpoint are dropped.
+
+    Weights of another architecture, or an optimizer of another run, are refused in one line naming the
+    file (:func:`students.checkpoint.load_state_into`), never half loaded.
+    """
+    path = parts.run_dir / LAST_CKPT
+    load_state_into(parts.model, resume, path)
+    if resume.get("loss_state_dict") is not None:  # a feature method's regressors (FitNets)
+        load_state_into(parts.loss_fn, resume, path, key="loss_state_dict")
+    load_state_into(parts.optimizer, resume, path, key="optimizer")
     if parts.ema is not None and resume.get("ema_state_dict") is not None:
-        parts.ema.module.load_state_dict(resume["ema_state_dict"])
-    meta = resume["meta"]
+        load_state_into(parts.ema.module, resume, path, key="ema_state_dict")
+    meta = resume.get("meta")
+    try:
+        epoch, elapsed, best = int(meta["epoch"]), float(meta["elapsed_s"]), float(meta["best_top1"])
+    except (TypeError, KeyError, ValueError):
+        raise CheckpointError(f"{path} has no resume state (epoch, elapsed time, best top-1); it is not a last.pt "
+                              "written by distill") from None
     # The step is recomputed from the epoch, so a checkpoint from N ranks resumes on M ranks (where an
     # epoch has a different number of steps) on the same point of the schedule.
-    epoch = int(meta["epoch"])
-    state = _State(epoch=epoch, step=epoch * len(parts.data.train), elapsed_before=float(meta["elapsed_s"]),
-                   best_top1=float(meta["best_top1"]), teacher_top1=meta.get("teacher_top1", parts.models.teacher_top1))
+    state = _State(epoch=epoch, step=epoch * len(parts.data.train), elapsed_before=elapsed, best_top1=best,
+                   best_epoch=meta.get("best_epoch"), teacher_top1=meta.get("teacher_top1", parts.models.teacher_top1))
     rng = resume.get("rng", {})
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and parts.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], parts.device)
-    # Drop records of epochs that ran after the checkpoint (a kill between the two writes).
-    state.records = [r for r in parts.run_dir.read_metrics() if r["epoch"] <= epoch]
+    state.records = _resumed_records(parts, meta, epoch)
     if parts.world.is_main:
         parts.run_dir.write_metrics(state.records)
+        if state.best_epoch == epoch:
+            _repair_best(parts, meta, state)
     parts.reporter.message(f"resuming {parts.run_dir.path} after epoch {epoch}/{parts.cfg.epochs} "
                            f"(step {state.step})")
     return state
+
+
+def _repair_best(parts: _Parts, meta: dict[str, Any], state: _State) -> None:
+    """``last.pt`` holds the best epoch: rewrite ``best.pt`` from it when a kill came between the two writes."""
+    best = parts.run_dir / BEST_CKPT
+    try:
+        held = load_file(best).get("meta", {}).get("epoch") if best.exists() else None
+    except CheckpointError:
+        held = None
+    if held != state.epoch:
+        kept = {k: v for k, v in meta.items() if k not in ("records", "world_size", "best_epoch")}
+        parts.run_dir.save_best(parts.model, arch=parts.models.arch, meta={**kept, "top1": state.best_top1})
+        parts.reporter.message(f"{best} did not hold the best epoch ({state.epoch}); rewritten from {LAST_CKPT}")
+
+
+def _resumed_records(parts: _Parts, meta: dict[str, Any], epoch: int) -> list[dict[str, Any]]:
+    """The metrics of epochs 1..``epoch``: from ``last.pt`` itself (which carries them since issue 12, so a
+    damaged, truncated or deleted metrics.jsonl is rebuilt), else from metrics.jsonl of an older run.
+    Records of epochs after the checkpoint (a kill between the two writes) are dropped."""
+    records = meta.get("records")
+    if isinstance(records, list) and all(isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in records):
+        return [r for r in records if r["epoch"] <= epoch]
+    records = [r for r in parts.run_dir.read_metrics() if r["epoch"] <= epoch]  # RunError on a damaged line
+    if [r["epoch"] for r in records] != list(range(1, epoch + 1)):
+        parts.reporter.message(f"{parts.run_dir / METRICS_FILE} lacks some of epochs 1..{epoch}; the summary's "
+                               "speed and accuracy history cover the epochs it has")
+    return records
 
 
 def _start(parts: _Parts, resume: dict[str, Any] | None) -> _State:
@@ -431,11 +563,29 @@ def _evaluate_epoch(parts: _Parts) -> dict[str, float]:
     return out
 
 
+def _check_finite(parts: _Parts, record: dict[str, Any]) -> None:
+    """Stop a diverged epoch before anything of it is saved: its mean train loss (every step counts, not
+    only the ones the progress checks read), its test loss, and every weight (model and EMA)."""
+    for key in ("train_loss", "test_loss"):
+        value = record.get(key)
+        if value is not None and not math.isfinite(value):
+            raise TrainingDiverged(f"the {key.replace('_', ' ')} of epoch {record['epoch']} is {value}")
+    nets = [parts.model] + ([parts.ema.module] if parts.ema is not None else [])
+    tensors = [t for net in nets for t in net.state_dict().values() if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        bad = next(name for net in nets for name, t in net.state_dict().items()
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        raise TrainingDiverged(f"weights became NaN or infinite in epoch {record['epoch']} (first: {bad})")
+
+
 def _end_epoch(parts: _Parts, state: _State, record: dict[str, Any]) -> None:
-    """Record the epoch: metrics files, ``best.pt`` when it improved, ``last.pt`` always (rank 0 writes)."""
+    """Record the epoch: metrics files, ``best.pt`` when it improved, ``last.pt`` always (rank 0 writes).
+
+    A diverged epoch (:func:`_check_finite`) is not recorded: the run stops with the previous checkpoint."""
+    _check_finite(parts, record)
     improved = "test_top1" in record and record["test_top1"] > state.best_top1
     if improved:
-        state.best_top1 = record["test_top1"]
+        state.best_top1, state.best_epoch = record["test_top1"], record["epoch"]
     state.records.append(record)
     state.epoch = record["epoch"]
     if parts.world.is_main:
@@ -445,20 +595,26 @@ def _end_epoch(parts: _Parts, state: _State, record: dict[str, Any]) -> None:
 
 
 def _save_epoch(parts: _Parts, state: _State, improved: bool) -> None:
+    """``last.pt`` first (it carries the metrics records too), then ``best.pt``, then the metrics files: a
+    kill between any two writes leaves a resumable run, and never a best.pt without a last.pt."""
     run_dir, arch = parts.run_dir, parts.models.arch
+    meta = {"epoch": state.epoch, "step": state.step, "elapsed_s": state.elapsed(), "best_top1": state.best_top1,
+            "teacher_top1": state.teacher_top1, "config": parts.cfg.to_dict(), **parts.data.meta}
+    ema_state = None if parts.ema is None else {k: v.detach().cpu() for k, v in parts.ema.module.state_dict().items()}
+    loss_state = {k: v.detach().cpu() for k, v in parts.loss_fn.state_dict().items()} or None
+    run_dir.save_last(parts.model, arch=arch,
+                      meta={**meta, "world_size": parts.world.world_size, "records": state.records,
+                            "best_epoch": state.best_epoch},
+                      optimizer=parts.optimizer.state_dict(), rng=_rng_state(parts.device), ema_state_dict=ema_state,
+                      loss_state_dict=loss_state)
+    if improved:
+        run_dir.save_best(parts.model, arch=arch, meta={**meta, "top1": state.best_top1})
     run_dir.write_metrics(state.records)
     if parts.tensorboard is not None:
         for key, value in state.records[-1].items():
             if key != "epoch" and isinstance(value, (int, float)):
                 parts.tensorboard.add_scalar(key, value, state.epoch)
         parts.tensorboard.flush()
-    meta = {"epoch": state.epoch, "step": state.step, "elapsed_s": state.elapsed(), "best_top1": state.best_top1,
-            "teacher_top1": state.teacher_top1, "config": parts.cfg.to_dict(), **parts.data.meta}
-    if improved:
-        run_dir.save_best(parts.model, arch=arch, meta={**meta, "top1": state.best_top1})
-    ema_state = None if parts.ema is None else {k: v.detach().cpu() for k, v in parts.ema.module.state_dict().items()}
-    run_dir.save_last(parts.model, arch=arch, meta={**meta, "world_size": parts.world.world_size},
-                      optimizer=parts.optimizer.state_dict(), rng=_rng_state(parts.device), ema_state_dict=ema_state)
 
 
 def _should_stop(parts: _Parts, state: _State, stop_after: int | None) -> bool:
@@ -479,31 +635,88 @@ def train(
     reporter: Reporter | None = None,
     stop_after: int | None = None,
 ) -> Summary:
-    """Train ``models.model`` per ``cfg`` on ``data`` into an existing run folder; return the summary.
+    """Train ``models.model`` per ``cfg`` on ``data`` into the run folder ``run_dir``; return the summary.
 
-    ``resume`` is the ``last.pt`` checkpoint of the same run (:meth:`RunDir.load_resume`). ``stop_after``
-    ends this invocation after that many epochs, resumable later (for time-limited jobs).
+    Without ``resume`` the folder is created (with ``config.json``) once every setting has been checked; it
+    must not hold a checkpoint. ``resume`` is the ``last.pt`` checkpoint of the same run
+    (:meth:`RunDir.load_resume`). ``stop_after`` ends this invocation after that many epochs, resumable
+    later (for time-limited jobs). :class:`RunError` when another process is writing the folder.
     """
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    _check_data(cfg, data)
+    # Every setting is checked against the data and the models while building, before the folder is
+    # touched: a refused run leaves nothing behind. One process writes the folder (rank 0, holding its lock).
     parts = _build(cfg, models, data, run_dir, reporter)
-    state = _start(parts, resume)
+    with run_dir.writing(enabled=parts.world.is_main):
+        if parts.world.is_main:
+            _open_folder(parts, resume)
+        try:
+            summary = _run_epochs(parts, resume, stop_after)
+        finally:
+            if parts.tensorboard is not None:
+                parts.tensorboard.close()
+    dist.barrier()  # nobody reads the run directory before rank 0 has written it
+    return summary
+
+
+def _run_epochs(parts: _Parts, resume: dict[str, Any] | None, stop_after: int | None) -> Summary:
+    """The loop over epochs, then the summary (written by rank 0)."""
+    cfg, run_dir = parts.cfg, parts.run_dir
+    state = _State()
     try:
+        state = _start(parts, resume)
         for epoch in range(state.epoch, cfg.epochs):
             if _should_stop(parts, state, stop_after):
                 break
             _end_epoch(parts, state, _train_epoch(parts, state, epoch))
+        summary = _summary(parts, state)
+        if parts.world.is_main:
+            run_dir.write_summary(summary)
+    except TrainingDiverged as err:
+        message = f"{err}; lower --lr or check the data. {_kept(run_dir, state)}"
+        if parts.world.is_main and state.epoch:  # the summary says so too: never complete, never stale
+            _write_stopped_summary(parts, state, message)
+        raise TrainingDiverged(message) from None
+    except WriteError as err:  # a full or read-only disk: every file is whole, the run resumable
+        raise WriteError(f"{err}. {_kept(run_dir, state, disk=True)}") from None
     except Exception as err:
         if not (parts.world.distributed and dist.is_peer_failure(err)):
             raise
         dist.stop_listening()
         raise dist.RunStopped(_stopped_message(err, run_dir.path, parts.world, state.epoch)) from None
-    if parts.tensorboard is not None:
-        parts.tensorboard.close()
-    summary = _summary(parts, state)
-    if parts.world.is_main:
-        run_dir.write_summary(summary)
-    dist.barrier()  # nobody reads the run directory before rank 0 has written it
     return summary
+
+
+def _write_stopped_summary(parts: _Parts, state: _State, reason: str) -> None:
+    """The summary of the epochs kept, marked incomplete with why the run stopped (best effort: the error
+    being raised matters more than this file)."""
+    try:
+        summary = _summary(parts, state)
+        summary.complete = False
+        summary.extra["stopped"] = reason
+        parts.run_dir.write_summary(summary)
+    except Exception as err:  # e.g. a full disk: the diverged run's own error is the one to report
+        _logger.warning("could not write %s: %s", parts.run_dir / "summary.json", err)
+
+
+def _saved_epoch(run_dir: RunDir) -> int:
+    """The epoch ``last.pt`` holds on disk (0 when there is none or it cannot be read)."""
+    try:
+        return int(load_file(run_dir / LAST_CKPT)["meta"]["epoch"]) if (run_dir / LAST_CKPT).exists() else 0
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def _kept(run_dir: RunDir, state: _State, *, disk: bool = False) -> str:
+    """Which checkpoint a stopped run kept (as it is on disk), and how to go on from it."""
+    saved = _saved_epoch(run_dir)
+    if saved and disk:
+        return (f"The run is intact: {run_dir / LAST_CKPT} holds epoch {saved}; free some space, then continue with "
+                f"--resume {run_dir.path}")
+    if saved:
+        return (f"{run_dir / LAST_CKPT} keeps epoch {saved}, the last good one: start a new run, or retry from "
+                f"there with --resume {run_dir.path}")
+    return "No epoch had finished, so no checkpoint was kept: run again (the same --out is fine)"
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -554,7 +767,8 @@ def _summary(parts: _Parts, state: _State) -> Summary:
         top1_tta=tta_top1, eval_set=parts.data.eval_set, teacher=cfg.teacher if cfg.uses_teacher else None,
         teacher_top1=state.teacher_top1 if cfg.uses_teacher else None,
         kd={"loss": cfg.kd_loss, "temperature": loss_fn.temperature, "kd_weight": loss_fn.kd_weight,
-            "ce_weight": loss_fn.ce_weight} if cfg.uses_teacher else None,
+            "ce_weight": loss_fn.ce_weight, **({"feat_weight": loss_fn.feat_weight} if isinstance(
+                loss_fn, FeatureKD) else {})} if cfg.uses_teacher else None,
         mixing={"mixup": cfg.mixup, "cutmix": cfg.cutmix, "prob": cfg.mix_prob},
         train_img_s=float(np.median(train_rates)) if train_rates else None, wall_s=state.elapsed(),
         device=device_name(parts.device), torch=torch.__version__, git_commit=git_commit(), data=parts.data.source,

@@ -12,6 +12,7 @@ checkpoint belongs to a run directory they are recorded in that run's ``summary.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from torch import nn
 
 import teachers
 from students.common.errors import UserError
+from students.common.files import atomic_write_bytes
 
 from .device import device_name
 from .rundir import SUMMARY_FILE, atomic_write_json, find_checkpoint
@@ -129,24 +131,22 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, int,
     exporter needs onnxscript, which is not one of our dependencies. Creates ``path``'s folder if needed."""
     path = Path(path)
     _make_parent(path, "ONNX")
-    tmp = path.with_name(f".{path.name}.tmp")
     example = torch.randn(TRACE_BATCH, *input_shape)
+    buffer = io.BytesIO()  # serialised in memory, then written atomically: a full disk leaves no partial file
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # Shape checks in Python (e.g. "resize only when the size differs") are traced as constants; the
             # parity check below is what proves the graph right, so the tracer's warnings are noise here.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                model.eval(), (example,), str(tmp), dynamo=False, opset_version=opset,
+                model.eval(), (example,), buffer, dynamo=False, opset_version=opset,
                 input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
     except Exception as err:  # the exporter raises many types; one line says what failed
-        tmp.unlink(missing_ok=True)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ExportError(f"ONNX export failed: {first[:200]}") from None
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, buffer.getbuffer())  # WriteError (one line) on a full or read-only disk
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -190,19 +190,20 @@ def export_torchscript(model: nn.Module, path: str | Path, input_shape: tuple[in
     Creates ``path``'s folder if needed."""
     path = Path(path)
     _make_parent(path, "TorchScript")
-    tmp = path.with_name(f".{path.name}.tmp")
     example = torch.randn(TRACE_BATCH, *input_shape)
+    # Serialised in memory: torch.jit.save streaming to a file aborts the whole process (an uncaught C++
+    # error) when the disk fills up; the atomic write then fails in one line and leaves no partial file.
+    buffer = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
             traced = torch.jit.trace(model.eval(), example, check_trace=False)
-        torch.jit.save(traced, str(tmp))
+            torch.jit.save(traced, buffer)
     except Exception as err:
-        tmp.unlink(missing_ok=True)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ExportError(f"TorchScript export failed: {first[:200]}") from None
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, buffer.getbuffer())  # WriteError (one line) on a full or read-only disk
 
 
 def check_torchscript(path: str | Path, model: nn.Module, input_shape: tuple[int, int, int], *,

@@ -457,10 +457,16 @@ class FeatureKD(nn.Module):
         return [j for _, j in self.pairs]
 
     @contextlib.contextmanager
-    def capture(self) -> Iterator[None]:
-        """Record the matched levels of student and teacher during the forward passes inside this block."""
-        with _recording(self._student, self.student_indices, role="student") as s_slots, \
-                _recording(self._teacher, self.teacher_indices, role="teacher") as t_slots:
+    def capture(self, *, teacher: bool = True) -> Iterator[None]:
+        """Record the matched levels of student and teacher during the forward passes inside this block.
+
+        ``teacher=False`` records the student only: the teacher's maps are then passed to the call as
+        ``teacher_feats`` (one teacher pass shared by several students, :mod:`distill.sweep`).
+        """
+        with contextlib.ExitStack() as stack:
+            s_slots = stack.enter_context(_recording(self._student, self.student_indices, role="student"))
+            t_slots = (stack.enter_context(_recording(self._teacher, self.teacher_indices, role="teacher"))
+                       if teacher else [None] * len(self.pairs))
             self._slots = (s_slots, t_slots)
             try:
                 yield

@@ -5,8 +5,9 @@ given; this module decides them from names in the config (student spec, teacher 
 source) and then calls the same :func:`distill.engine.train` that :func:`distill.fit` calls.
 
 The teacher of ``distill run`` comes from ``--teacher-ckpt`` (a checkpoint or a run directory), else from
-the teacher store (one finished ``distill teacher`` run per model, data and mode), else it is trained
-first with the same engine, announced with its estimated cost, and put in the store.
+the teacher store (one finished ``distill teacher`` run per model, data, mode and teacher recipe), else it
+is trained first with the same engine and its recipe (:mod:`distill.recipes`), and put in the store.
+:func:`plan_run` says which, and what each phase will cost, before anything is trained or written.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,15 @@ import teachers
 from students.common.errors import UserError
 
 from . import dist
-from .config import TrainConfig
+from .config import FEATURE_KD_NAMES, TrainConfig
 from .data import ImageDataset, default_cache_dir, load_dataset
-from .device import resolve_device
+from .device import channels_last_safe, device_name, resolve_device
 from .batches import EVAL_BATCH
 from .engine import Models, Reporter, evaluate, train
-from .recipes import teacher_config
-from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, RunDir, Summary, find_checkpoint, is_complete
+from .plan import (TIMING_BATCH, TIMING_STEPS, Phase, RunPlan, TeacherPlan, TimingProgress, duration, eval_passes,
+                   seconds_per_image)
+from .recipes import TEACHER_RECIPES, teacher_config, teacher_recipe_record
+from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, RunDir, Summary, find_checkpoint, is_complete, read_summary
 
 __all__ = [
     "load_data",
@@ -44,6 +46,9 @@ __all__ = [
     "teacher_store_dir",
     "find_checkpoint",
     "estimate_train_seconds",
+    "plan_run",
+    "check_run",
+    "test_selection",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -65,6 +70,22 @@ def load_data(cfg: TrainConfig, progress: ProgressFn | None = None) -> ImageData
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UserError(f"--num-classes {cfg.num_classes} but the data has {data.num_classes} classes")
     return data
+
+
+def test_selection(cfg: TrainConfig) -> dict[str, Any]:
+    """How a run's test images (what its top-1 is measured on) were chosen from its data, as recorded in
+    its summary; :func:`load_data` of the same config picks the same images again."""
+    if cfg.val_split:
+        how = (f"{cfg.val_split:,} validation images held out of the training split of {cfg.data} "
+               f"(random, seed {cfg.seed})")
+    elif cfg.test_subset:
+        how = f"{cfg.test_subset:,} test images of {cfg.data}, class-balanced (ImageDataset.subset, seed {cfg.seed})"
+    else:
+        how = f"the whole test split of {cfg.data}"
+    if cfg.val_split and (cfg.train_subset or cfg.test_subset):
+        how += f", after a class-balanced subset of train {cfg.train_subset} / test {cfg.test_subset} (seed {cfg.seed})"
+    return {"how": how, "data": cfg.data, "train_subset": cfg.train_subset, "test_subset": cfg.test_subset,
+            "val_split": cfg.val_split, "seed": cfg.seed}
 
 
 def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
@@ -100,6 +121,12 @@ def check_names(cfg: TrainConfig) -> None:
         teachers.default_mode(cfg.teacher)  # raises TeacherError with close matches for unknown names
 
 
+def check_run(cfg: TrainConfig, run_dir: str | Path) -> None:
+    """Fail fast, before data is decoded or anything timed: bad names, or ``run_dir`` already holding a run."""
+    check_names(cfg)
+    RunDir(run_dir).check_new()
+
+
 def _is_student_name(name: str) -> bool:
     try:
         students.resolve(name)
@@ -120,41 +147,55 @@ def _data_key(cfg: TrainConfig, data: ImageDataset) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def teacher_store_dir(cfg: TrainConfig, data: ImageDataset, root: str | Path | None = None) -> Path:
-    """Where the stored teacher for (teacher model, data, mode) lives."""
-    root = Path(root) if root is not None else Path(os.environ.get("DISTILL_TEACHERS", default_cache_dir() / "teachers"))
+# Settings that do not change what a teacher learns (or, for the seed, not which teacher is good enough:
+# seeds of a student share one teacher); every other teacher setting is part of the store key.
+_NOT_IN_TEACHER_KEY = ("device", "amp", "seed", "channels_last", "compile", "tensorboard", "ema", "ema_decay", "tta",
+                       "teacher", "teacher_mode", "data", "train_subset", "test_subset", "val_split")
+
+
+def _teacher_key(teacher_cfg: TrainConfig) -> str:
+    """A short hash of the teacher's training settings. Only values that differ from TrainConfig's defaults
+    count, so a new setting (added with a default) does not orphan the teachers already stored."""
+    defaults = TrainConfig(kind="teacher", teacher=teacher_cfg.teacher).to_dict()
+    settings = {k: v for k, v in teacher_cfg.to_dict().items() if k not in _NOT_IN_TEACHER_KEY and v != defaults[k]}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _store_root(root: str | Path | None) -> Path:
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("DISTILL_TEACHERS", default_cache_dir() / "teachers"))
+
+
+def _store_prefix(cfg: TrainConfig, data: ImageDataset) -> str:
     mode = cfg.teacher_mode or ("cifar" if _is_student_name(cfg.teacher) else teachers.default_mode(cfg.teacher))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.teacher)
-    return root / f"{safe}__{mode}__{_data_key(cfg, data)}"
+    return f"{safe}__{mode}__{_data_key(cfg, data)}__"
 
 
-def estimate_train_seconds(model: nn.Module, cfg: TrainConfig, data: ImageDataset, steps: int = 3) -> float:
-    """Seconds to train ``model`` for ``cfg.epochs`` epochs, extrapolated from a few timed steps."""
+def teacher_store_dir(cfg: TrainConfig, data: ImageDataset, root: str | Path | None = None) -> Path:
+    """Where the stored teacher for (teacher model, data, mode, teacher training settings) lives."""
+    return _store_root(root) / f"{_store_prefix(cfg, data)}{_teacher_key(teacher_config(cfg))}"
+
+
+def estimate_train_seconds(model: nn.Module, cfg: TrainConfig, data: ImageDataset,
+                           progress: TimingProgress | None = None) -> float:
+    """Seconds to train ``model`` for ``cfg.epochs`` epochs (evaluations included), extrapolated from a few
+    timed steps at a small batch (:func:`distill.plan.seconds_per_image`). ``model`` is left as it was."""
     device = resolve_device(cfg.device)
-    model = model.to(device).train()
-    batch = min(cfg.batch_size, data.train_labels.numel())
-    x = torch.randn(batch, 3, data.image_size, data.image_size, device=device)
-    y = torch.randint(0, data.num_classes, (batch,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: timing only, the weights do not move
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    times = []
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:  # the first step pays one-off costs
-            times.append(time.perf_counter() - start)
-    model.load_state_dict(state)  # BN running statistics moved during timing
-    per_image = sorted(times)[len(times) // 2] / batch
-    return per_image * data.train_labels.numel() * cfg.epochs
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # BN statistics move while timing
+    cl = cfg.channels_last and channels_last_safe(model, device)
+    timing = dict(image_size=data.image_size, num_classes=data.num_classes, device=device, channels_last=cl,
+                  amp=cfg.amp, batch=min(TIMING_BATCH, data.train_labels.numel()), progress=progress)
+    train_s = seconds_per_image(model, train=True, what="training step", **timing)
+    forward_s = seconds_per_image(model, train=False, warm_up=False, what="forward pass", **timing)
+    model.load_state_dict(state)
+    passes = eval_passes(cfg.epochs, cfg.eval_every, cfg.ema, cfg.tta)
+    return cfg.epochs * data.train_labels.numel() * train_s + passes * data.test_labels.numel() * forward_s
 
 
-def _frozen(model: nn.Module, arch: dict[str, Any], ckpt: dict[str, Any], data: ImageDataset) -> nn.Module:
+def _frozen(model: nn.Module, arch: dict[str, Any], ckpt: dict[str, Any], data: ImageDataset, *,
+            fold_bn: bool = True) -> nn.Module:
     """Wrap a loaded teacher: inputs re-normalised from the student's statistics to those it was trained
     with (recorded in its checkpoint), and resized on the device in ``upsample`` mode."""
     meta = ckpt.get("meta", {})
@@ -164,7 +205,7 @@ def _frozen(model: nn.Module, arch: dict[str, Any], ckpt: dict[str, Any], data: 
     return teachers.FrozenTeacher(
         model, student_mean=data.mean, student_std=data.std,
         teacher_mean=tuple(meta.get("data_mean", data.mean)), teacher_std=tuple(meta.get("data_std", data.std)),
-        resize_to=resize_to, fold_bn=True,
+        resize_to=resize_to, fold_bn=fold_bn,
     )
 
 
@@ -184,39 +225,183 @@ def load_teacher_checkpoint(cfg: TrainConfig, data: ImageDataset, path: str | Pa
             f"teacher checkpoint {ckpt_path} has {arch.get('num_classes')} classes but the data has "
             f"{data.num_classes}; train a teacher on this data with `distill teacher`"
         )
-    return _frozen(model, arch, ckpt, data)
+    # BatchNorm folding (torch.fx) loses the modules feature methods hook; their teacher stays unfolded.
+    return _frozen(model, arch, ckpt, data, fold_bn=cfg.kd_loss not in FEATURE_KD_NAMES)
 
 
 def resolve_teacher(
     cfg: TrainConfig, data: ImageDataset, reporter: Reporter, *, store_root: str | Path | None = None,
-    make_reporter: Callable[[str], Reporter] | None = None,
+    make_reporter: Callable[[str], Reporter] | None = None, estimate_s: float | None = None,
+    may_train: bool = True,
 ) -> tuple[nn.Module, str]:
-    """The frozen teacher for a ``distill run`` and a line saying where it came from."""
+    """The frozen teacher for a ``distill run`` and a line saying where it came from.
+
+    A teacher that must be trained first is announced with its cost: ``estimate_s`` (seconds, e.g. from
+    the run's :class:`~distill.plan.RunPlan`), else a quick estimate from a few small timed steps. With
+    ``may_train`` False (``prune``), a missing teacher is an error instead: the store is never written."""
     if cfg.teacher_ckpt:
         return load_teacher_checkpoint(cfg, data, cfg.teacher_ckpt), f"checkpoint {cfg.teacher_ckpt}"
     store = teacher_store_dir(cfg, data, store_root)
     if (store / BEST_CKPT).exists() and is_complete(store):
         return load_teacher_checkpoint(cfg, data, store), f"stored teacher {store}"
+    if not may_train:
+        raise UserError(f"no stored {cfg.teacher} teacher for this data and recipe (looked in {store}); pass "
+                        "--teacher-ckpt with a trained teacher")
     teacher_cfg = teacher_config(cfg)
-    model, _, adapter = build_trainee(teacher_cfg, data)
-    reporter.message(f"timing a few training steps of {cfg.teacher} to estimate what training a teacher costs")
-    seconds = estimate_train_seconds(model if adapter is None else nn.Sequential(adapter, model), teacher_cfg, data)
+    model, _, adapter = build_trainee(_offline(teacher_cfg), data)
+    if estimate_s is None:
+        estimate_s = estimate_train_seconds(model if adapter is None else nn.Sequential(adapter, model), teacher_cfg,
+                                            data)
     reporter.message(
         f"no stored teacher for {cfg.teacher} on this data: training one first ({teacher_cfg.epochs} epochs, "
-        f"{students.count_params(model):,} params, estimated {_duration(seconds)} on "
+        f"recipe {teacher_cfg.recipe}, {students.count_params(model):,} params, estimated {duration(estimate_s)} on "
         f"{resolve_device(cfg.device).type}); it will be stored in {store}"
     )
+    del model, adapter
     dist.barrier()  # every rank has looked at the store before rank 0 starts writing it
     resume = (store / LAST_CKPT).exists()
     run_training(teacher_cfg, store, resume=resume, reporter=make_reporter("teacher") if make_reporter else reporter)
     return load_teacher_checkpoint(cfg, data, store), f"trained and stored teacher {store}"
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+def _teacher_plan(cfg: TrainConfig, data: ImageDataset, store_root: str | Path | None) -> tuple[TeacherPlan, nn.Module]:
+    """Where ``cfg``'s teacher will come from, and a network to time: the frozen teacher itself when it
+    exists (loading it checks it against ``--teacher`` and the data), else a fresh one. Writes nothing."""
+    if cfg.teacher_ckpt:
+        path = find_checkpoint(cfg.teacher_ckpt)
+        net = load_teacher_checkpoint(cfg, data, path)
+        return TeacherPlan(cfg.teacher, "checkpoint", path, _recorded_params(path) or students.count_params(net),
+                           recipe=_recorded_recipe(path)), net
+    store = teacher_store_dir(cfg, data, store_root)
+    if (store / BEST_CKPT).exists() and is_complete(store):
+        summary = read_summary(store)
+        net = load_teacher_checkpoint(cfg, data, store)
+        return TeacherPlan(cfg.teacher, "stored", store, summary.num_params, recipe=_recorded_recipe(store),
+                           top1=summary.top1_best), net
+    model, _, adapter = build_trainee(_offline(teacher_config(cfg)), data)
+    others = []
+    for other in sorted(store.parent.glob(_store_prefix(cfg, data) + "*")):
+        recipe = _recorded_recipe(other) if other != store and is_complete(other) else None
+        if recipe is not None:
+            top1 = read_summary(other).top1_best
+            others.append(f"{recipe['epochs']} epochs, lr {recipe['lr']}, top-1 {top1:.2f}%: --teacher-ckpt {other}")
+    plan = TeacherPlan(cfg.teacher, "train", store, students.count_params(model),
+                       recipe=teacher_recipe_record(teacher_config(cfg)), others=tuple(others))
+    return plan, (model if adapter is None else nn.Sequential(adapter, model))
+
+
+def _recorded_params(path: Path) -> int | None:
+    try:
+        return read_summary(path.parent).num_params
+    except UserError:
+        return None
+
+
+def _data_line(cfg: TrainConfig) -> str:
+    how = []
+    if cfg.train_subset or cfg.test_subset:
+        how.append(f"class-balanced subset, seed {cfg.seed}")
+    if cfg.val_split:
+        how.append(f"{cfg.val_split:,} training images held out for validation")
+    return cfg.data + (f" ({'; '.join(how)})" if how else "")
+
+
+def _plan_notes(cfg: TrainConfig, teacher: TeacherPlan | None) -> tuple[str, ...]:
+    given = [flag for flag, value in (("--teacher-epochs", cfg.teacher_epochs), ("--teacher-lr", cfg.teacher_lr))
+             if value is not None]
+    if given and teacher is not None and teacher.source == "checkpoint":
+        return (f"{' and '.join(given)} only shape a teacher trained here; the --teacher-ckpt one is used as it is",)
+    if given and teacher is None:
+        return (f"{' and '.join(given)} only shape a teacher trained here; this run has no teacher",)
+    return ()
+
+
+def _student_macs(model: nn.Module, image_size: int) -> int | None:
+    if not isinstance(model, students.CifarResNet):
+        return None  # fvcore traces of large timm models cost seconds: the plan shows their params only
+    try:
+        return students.cost_report(model, (3, image_size, image_size)).macs
+    except Exception as err:  # a plan without MACs is still a plan
+        _logger.debug("could not count MACs: %s", err)
+        return None
+
+
+def plan_run(cfg: TrainConfig, data: ImageDataset, *, store_root: str | Path | None = None,
+             progress: TimingProgress | None = None,
+             described: Callable[[RunPlan], None] | None = None) -> RunPlan:
+    """What ``cfg`` will do on ``data`` and what each phase costs, before anything is trained or written.
+
+    ``described`` is called with the plan before the phases are timed (device, data, teacher source,
+    sizes), so a caller can show it at once; ``progress(what, done, total)`` follows the timed steps.
+    """
+    device = resolve_device(cfg.device)
+    model, _, adapter = build_trainee(_offline(cfg), data)
+    trainee = model if adapter is None else nn.Sequential(adapter, model)
+    teacher_net, teacher = None, None
+    if cfg.uses_teacher:
+        teacher, teacher_net = _teacher_plan(cfg, data, store_root)
+    plan = RunPlan(
+        kind=cfg.kind, device=device_name(device), device_type=device.type, data=_data_line(cfg),
+        train_images=data.train_labels.numel(), test_images=data.test_labels.numel(), num_classes=data.num_classes,
+        image_size=data.image_size, model=cfg.model_name, num_params=students.count_params(model),
+        macs=_student_macs(model, data.image_size), epochs=cfg.epochs, teacher=teacher,
+        notes=_plan_notes(cfg, teacher),
+    )
+    if described is not None:
+        described(plan)
+    batch = min(TIMING_BATCH, plan.train_images)
+
+    def per_image(net: nn.Module, train: bool, what: str, warm_up: bool = True) -> float:
+        return seconds_per_image(net, train=train, image_size=data.image_size, num_classes=data.num_classes,
+                                 device=device, channels_last=cfg.channels_last and channels_last_safe(net, device),
+                                 amp=cfg.amp, batch=batch, warm_up=warm_up, what=what, progress=progress)
+
+    n_train, n_test = plan.train_images, plan.test_images
+    phases = []
+    student_train = per_image(trainee, True, f"{cfg.model_name}: training step")
+    student_fwd = per_image(trainee, False, f"{cfg.model_name}: forward pass", warm_up=False)  # shapes just ran
+    teacher_fwd = 0.0
+    if teacher is not None:
+        if teacher.source == "train":
+            t_cfg = teacher_config(cfg)
+            t_train = per_image(teacher_net, True, f"{cfg.teacher}: training step")
+            # Distillation runs the teacher frozen, BatchNorm folded (as load_teacher_checkpoint builds it).
+            frozen = teachers.FrozenTeacher(teacher_net, fold_bn=cfg.kd_loss not in FEATURE_KD_NAMES)
+            t_fwd_train = per_image(frozen, False, f"{cfg.teacher}: forward pass")
+            t_total = (t_cfg.epochs * n_train * t_train
+                       + eval_passes(t_cfg.epochs, t_cfg.eval_every, t_cfg.ema, t_cfg.tta) * n_test * t_fwd_train)
+            phases.append(Phase("teacher training", t_total, f"{t_cfg.epochs} epochs x {n_train:,} images",
+                                t_total / t_cfg.epochs))
+            teacher_fwd = t_fwd_train
+        else:
+            teacher_fwd = per_image(teacher_net, False, f"{cfg.teacher}: forward pass")
+        phases.append(Phase("teacher evaluation", n_test * teacher_fwd, f"{n_test:,} test images, once"))
+    total = (cfg.epochs * n_train * (student_train + teacher_fwd)
+             + eval_passes(cfg.epochs, cfg.eval_every, cfg.ema, cfg.tta) * n_test * student_fwd)
+    what = "teacher forward included" if teacher is not None else "evaluations included"
+    phases.append(Phase("distillation" if teacher is not None else "training", total,
+                        f"{cfg.epochs} epochs x {n_train:,} images, {what}", total / cfg.epochs))
+    timing = (f"extrapolated from 1-{TIMING_STEPS} timed steps of {batch} images per model on {device.type} "
+              f"(the run uses batch {cfg.batch_size}; the machine's load moves these)")
+    return plan.with_phases(tuple(phases), timing)
+
+
+def _offline(cfg: TrainConfig) -> TrainConfig:
+    """The same architecture without pretrained weights: to count and time it, nothing is downloaded."""
+    return cfg.replace(teacher_pretrained=False, teacher_weights=None)
+
+
+def _recorded_recipe(path: str | Path) -> dict[str, Any] | None:
+    """How the teacher in ``path`` (a run folder or a checkpoint in one) was trained, from its config.json."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    try:
+        cfg = TrainConfig.load(folder / CONFIG_FILE)
+    except (UserError, OSError):
+        return None
+    if cfg.recipe in TEACHER_RECIPES:
+        return teacher_recipe_record(cfg)
+    return {"name": cfg.recipe, "optimizer": cfg.optimizer, "label_smoothing": cfg.label_smoothing,
+            "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size}
 
 
 def run_training(
@@ -230,8 +415,15 @@ def run_training(
     make_reporter: Callable[[str], Reporter] | None = None,
     epochs_override: int | None = None,
     after_backward: Callable[[nn.Module], None] | None = None,
+    data: ImageDataset | None = None,
+    plan: RunPlan | None = None,
+    may_train_teacher: bool = True,
 ) -> Summary:
-    """Run (or resume) ``distill run`` / ``distill teacher`` into ``run_dir``; return the summary."""
+    """Run (or resume) ``distill run`` / ``distill teacher`` into ``run_dir``; return the summary.
+
+    ``data`` is the run's data when already loaded (:func:`load_data` of the same config); ``plan`` is its
+    :func:`plan_run`, whose teacher-training estimate is reused instead of timing again. With
+    ``may_train_teacher`` False a teacher missing from the store is an error, never trained here."""
     folder = RunDir(run_dir)
     checkpoint = None
     if resume:
@@ -241,23 +433,33 @@ def run_training(
     if not resume:
         folder.check_new()
     dist.barrier()  # every rank has checked --out before rank 0 creates it
-    data = load_data(cfg, progress)
+    data = data if data is not None else load_data(cfg, progress)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed decides
     model, arch, adapter = build_trainee(cfg, data)
     models = Models(model=model, arch=arch, input_adapter=adapter, after_backward=after_backward,
-                    extra_summary={"classes": list(data.classes)})
+                    extra_summary={"classes": list(data.classes), "test_selection": test_selection(cfg)})
     pruned = folder.prune_record()
     if pruned is not None:  # a pruned student's fine-tuning run: keep what pruning did
         models.extra_summary["pruned"] = pruned
     if cfg.uses_teacher:
-        models.teacher, source = resolve_teacher(cfg, data, reporter, make_reporter=make_reporter)
+        estimate = next((p.seconds for p in plan.phases if p.name == "teacher training"), None) if plan else None
+        models.teacher, source = resolve_teacher(cfg, data, reporter, make_reporter=make_reporter,
+                                                 estimate_s=estimate, may_train=may_train_teacher)
         reporter.message(f"teacher: {source}")
         models.extra_summary["teacher_source"] = source
+        teacher_path = find_checkpoint(cfg.teacher_ckpt or teacher_store_dir(cfg, data))
+        models.extra_summary["teacher_ckpt"] = str(teacher_path.resolve())  # e.g. for prune to distil from it again
+        recipe = _recorded_recipe(teacher_path)
+        if recipe is not None:  # how the teacher was trained: the recipe's name and values
+            models.extra_summary["teacher_recipe"] = recipe
+        if cfg.kd_loss in FEATURE_KD_NAMES:  # a teacher without stage features fails before the folder is written
+            from .feature_kd import probe_levels
+
+            probe_levels(models.teacher, (3, data.image_size, data.image_size), role="teacher")
         if checkpoint is not None:
             models.teacher_top1 = checkpoint["meta"].get("teacher_top1")
-    if not resume and dist.is_main():
-        folder.create(cfg)
-    dist.barrier()
+    # The engine writes config.json (rank 0, holding the folder's lock) once it has checked every setting
+    # against the data and the models; a run resumed without a checkpoint (resume=None) starts again.
     return train(cfg, models, data, folder, resume=checkpoint, reporter=reporter, stop_after=stop_after)
 
 

@@ -15,7 +15,8 @@ from students.common.errors import UserError
 from .config import TrainConfig
 from students.spec import suggest
 
-__all__ = ["RECIPES", "TEACHER_RECIPES", "DEFAULT_TEACHER_RECIPE", "recipe_overrides", "teacher_config"]
+__all__ = ["RECIPES", "TEACHER_RECIPES", "DEFAULT_TEACHER_RECIPE", "recipe_overrides", "teacher_config",
+           "teacher_recipe_record"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     # Report 000: Adadelta, lr 0.01, weight decay 1e-4, cosine with warm restarts, 300 epochs, crop + flip.
@@ -61,28 +62,57 @@ def recipe_overrides(name: str) -> dict[str, Any]:
     return {**RECIPES[name], "recipe": name}
 
 
-# The recipe a teacher is trained with when `distill run` finds none stored for it. Only the values
-# below are the recipe's own; the data, epochs, batch size, mixing, device and seed follow the student's run
-# (TEACHER_INHERITS), and so does the student's lr when it also uses SGD (the same optimiser, so the same
-# scale). Change the teacher recipe here and nowhere else.
+# ---------------------------------------------------------------------------------------- teacher recipes
+#
+# "teacher-default" is the recipe `distill run` trains a teacher with when none is stored for it (and
+# `--teacher-ckpt` is not given). Every value that decides how the teacher learns is written here, in one
+# place, with its reason; the rest follows the student's run (TEACHER_INHERITS): the data and its subsets,
+# the batch size, mixing, device and seed. The teacher's epochs and peak lr are its own: --teacher-epochs
+# (default: the student's --epochs) and --teacher-lr (default: the recipe's lr below), never the student's lr.
+# The recipe's name and values are recorded in the teacher's config.json and in the student's summary.json
+# ("teacher_recipe"), and they are part of the teacher store's key, so a teacher trained with other values is
+# never served as this one.
 TEACHER_RECIPES: dict[str, dict[str, Any]] = {
-    "teacher-default": dict(optimizer="sgd", lr=0.1, label_smoothing=0.1),  # lr: used when the student's is not SGD's
+    "teacher-default": dict(
+        optimizer="sgd", momentum=0.9, nesterov=True,  # the CIFAR ResNet standard (He et al. 2016)
+        lr=0.1,  # peak, for the run's batch (256 by default); linear warm-up then cosine decay to 0
+        schedule="cosine", warmup_epochs=1.0, min_lr_ratio=0.0,
+        weight_decay=5e-4,  # CIFAR ResNets' usual L2; BN and biases are not decayed (decay_norm_and_bias False)
+        decay_norm_and_bias=False,
+        # No label smoothing: teachers trained with it distil worse, because smoothing erases the similarity
+        # between wrong classes that KD transfers (Muller, Kornblith & Hinton, "When does label smoothing
+        # help?", NeurIPS 2019). benchmarks/kd_ablation.py measures it at CPU scale (issue 15).
+        label_smoothing=0.0,
+        crop_padding=4, flip=True, cutout=0,  # the standard CIFAR augmentation (pad 4, random crop, flip)
+    ),
 }
 DEFAULT_TEACHER_RECIPE = "teacher-default"
 TEACHER_INHERITS = (
     "teacher", "teacher_mode", "teacher_pretrained", "teacher_weights", "data", "train_subset", "test_subset",
-    "val_split", "epochs", "batch_size", "mixup", "cutmix", "mix_prob", "device", "amp", "seed", "channels_last",
+    "val_split", "batch_size", "mixup", "cutmix", "mix_prob", "device", "amp", "seed", "channels_last",
     "compile",
 )
 
 
 def teacher_config(student_cfg: TrainConfig, recipe: str = DEFAULT_TEACHER_RECIPE) -> TrainConfig:
-    """Settings to train ``student_cfg``'s teacher: the teacher recipe on the student run's data and budget."""
+    """Settings to train ``student_cfg``'s teacher: the teacher recipe on the student run's data, with the
+    teacher's own epochs (``teacher_epochs``, else the run's ``epochs``) and lr (``teacher_lr``, else the
+    recipe's)."""
     if recipe not in TEACHER_RECIPES:
         raise UserError(f"unknown teacher recipe {recipe!r}; choose one of {', '.join(TEACHER_RECIPES)}"
                         f"{suggest(recipe, list(TEACHER_RECIPES))}")
     settings = {name: getattr(student_cfg, name) for name in TEACHER_INHERITS}
     settings.update(TEACHER_RECIPES[recipe])
-    if student_cfg.optimizer == settings["optimizer"]:
-        settings["lr"] = student_cfg.lr
+    settings["epochs"] = student_cfg.teacher_epochs or student_cfg.epochs
+    if student_cfg.teacher_lr is not None:
+        settings["lr"] = student_cfg.teacher_lr
     return TrainConfig(kind="teacher", recipe=recipe, **settings)
+
+
+def teacher_recipe_record(teacher_cfg: TrainConfig) -> dict[str, Any]:
+    """What a run records about how its teacher was trained: the recipe's name and the values it set, with
+    the epochs, lr and batch size the teacher actually used."""
+    values = TEACHER_RECIPES.get(teacher_cfg.recipe or "", {})
+    record = {"name": teacher_cfg.recipe, **{key: getattr(teacher_cfg, key) for key in values}}
+    record.update(epochs=teacher_cfg.epochs, lr=teacher_cfg.lr, batch_size=teacher_cfg.batch_size)
+    return record

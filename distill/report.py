@@ -1,18 +1,22 @@
 """Evaluation reports: confusion matrix, per-class precision/recall/F1, and pictures of both.
 
 Pure functions of predictions and labels; ``distill eval --report DIR`` writes their output as
-``per_class.csv``, ``confusion.png`` and ``misclassified.png``. Every writer creates its file's folder.
+``per_class.csv``, ``confusion.png`` and ``misclassified.png``. Every writer creates its file's folder and
+writes atomically (a full disk leaves no partial file).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from students.common.files import atomic_write_bytes
 
 __all__ = [
     "PER_CLASS_FIELDS",
@@ -63,22 +67,27 @@ def per_class_metrics(confusion: torch.Tensor, classes: Sequence[str] | None = N
     return out
 
 
-def _writable(path: str | Path) -> Path:
-    """``path`` with its folder created (as ``distill run --out`` creates the run's)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def _write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` atomically, creating the folder (as ``distill run --out`` creates the run's): a full or
+    read-only disk gives one :class:`~students.common.files.WriteError` line and leaves no partial file."""
+    return atomic_write_bytes(path, data)
+
+
+def _figure_bytes(fig: Any, path: str | Path) -> bytes:
+    """``fig`` rendered in memory, in the format ``path``'s suffix names (PNG by default)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=Path(path).suffix.lstrip(".").lower() or "png")
+    return buffer.getvalue()
 
 
 def per_class_csv(metrics: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write :func:`per_class_metrics` as CSV (empty cells where a figure is undefined)."""
-    path = _writable(path)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PER_CLASS_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in metrics:
-            writer.writerow({k: "" if row[k] is None else row[k] for k in PER_CLASS_FIELDS})
-    return path
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=PER_CLASS_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in metrics:
+        writer.writerow({k: "" if row[k] is None else row[k] for k in PER_CLASS_FIELDS})
+    return _write(path, text.getvalue().encode("utf-8"))
 
 
 def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -105,9 +114,7 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix", fontsize=9)
-    path = _writable(path)
-    fig.savefig(path, dpi=110)
-    return path
+    return _write(path, _figure_bytes(fig, path))
 
 
 def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, classes: Sequence[str],
@@ -137,5 +144,5 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, preds: torch.
         ax.set_title(f"{classes[int(labels[i])]}\n-> {classes[int(preds[i])]}", fontsize=7, color="darkred")
     total = int((preds != labels).sum())
     fig.suptitle(f"misclassified: {len(wrong)} shown of {total} (true -> predicted)", fontsize=9)
-    fig.savefig(_writable(path), dpi=110)
+    _write(path, _figure_bytes(fig, path))
     return len(wrong)

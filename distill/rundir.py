@@ -8,6 +8,12 @@ Every command that writes or reads a run goes through this module, so the layout
     best.pt        the weights of the epoch with the best test top-1
     summary.json   the :class:`Summary` of the run, rewritten when it ends (or stops)
     prune.json     written by ``prune`` beside a pruned student's fine-tuning run
+    .lock          held (``flock``) by the one process writing the run; released when it ends or dies
+
+A folder "holds a run" once it has ``last.pt``. One with ``config.json`` but no checkpoint (killed or
+stopped before its first epoch ended) is no dead end: ``--resume`` starts it again from its saved
+settings, and a new run may take the same folder. Only one process writes a run folder at a time: a
+second one is refused while the first holds the lock, and the kernel releases it when the holder dies.
 
 ``compare``, ``eval``, ``export``, ``prune`` and the benchmarks read runs with :func:`read_summary`,
 :func:`read_metrics` and these constants; none of them needs the training engine.
@@ -15,9 +21,13 @@ Every command that writes or reads a run goes through this module, so the layout
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,15 +38,25 @@ from students.common.files import atomic_write_text
 
 from .config import TrainConfig
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not guarded against a second writer there
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "METRICS_CSV", "SUMMARY_FILE", "LAST_CKPT", "BEST_CKPT", "PRUNE_RECORD",
     "RunError", "Summary", "RunDir", "read_metrics", "read_summary", "atomic_write_json", "is_complete",
-    "find_checkpoint",
+    "find_checkpoint", "LOCK_FILE",
 ]
+
+_logger = logging.getLogger(__name__)
 
 CONFIG_FILE, METRICS_FILE, METRICS_CSV, SUMMARY_FILE = "config.json", "metrics.jsonl", "metrics.csv", "summary.json"
 LAST_CKPT, BEST_CKPT = "last.pt", "best.pt"
 PRUNE_RECORD = "prune.json"  # written by `prune` beside a pruned student's fine-tuning run
+LOCK_FILE = ".lock"  # flock-ed by the process writing the run
+# What a run writes as it trains; removed when a run that never reached its first checkpoint starts again.
+_PROGRESS_FILES = (METRICS_FILE, METRICS_CSV, SUMMARY_FILE, BEST_CKPT)
 
 
 class RunError(UserError):
@@ -128,11 +148,28 @@ _KEY_SET = frozenset(_KEY_ORDER)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run (empty when it has none yet)."""
+    """The per-epoch records of a run (empty when it has none yet); :class:`RunError` naming a damaged line."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RunError(f"{path} line {number} is damaged ({err.msg}); delete the line or the file "
+                           "(--resume rebuilds it from last.pt)") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise RunError(f"{path} line {number} is not an epoch record; delete the line or the file "
+                           "(--resume rebuilds it from last.pt)")
+        records.append(record)
+    return records
 
 
 def _metrics_csv(records: list[dict[str, Any]]) -> str:
@@ -188,40 +225,185 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
+        self._resumed_from: tuple[int, int, int] | None = None  # (inode, mtime ns, size) of the last.pt read
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
     def holds_run(self) -> bool:
-        return (self.path / CONFIG_FILE).exists() or (self.path / LAST_CKPT).exists()
+        """True once the run has a checkpoint: something a new run in this folder would destroy."""
+        return (self.path / LAST_CKPT).exists()
 
     def check_new(self, flag: str = "--out") -> None:
-        """Refuse a folder that already holds a run, before any work is done (nothing is overwritten)."""
+        """Refuse a folder that already holds a run, before any work is done (nothing is overwritten).
+
+        A folder with settings but no checkpoint (the run stopped before its first epoch ended) is accepted:
+        nothing in it is worth keeping, and :meth:`create` starts it afresh.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{flag} {self.path} exists and is not a directory")
         if self.holds_run():
             raise RunError(f"{self.path} already holds a run; continue it with --resume {self.path} or choose "
                            f"another {flag}")
-        if self.path.exists() and not self.path.is_dir():
-            raise RunError(f"{flag} {self.path} exists and is not a directory")
 
-    def create(self, cfg: TrainConfig) -> None:
-        """Create the folder (and parents) and write ``config.json``; refuses a folder holding a run."""
+    def create(self, cfg: TrainConfig) -> bool:
+        """Create the folder (and parents) and write ``config.json``; refuses a folder holding a run.
+
+        A folder left by a run that never reached its first checkpoint is taken over: its metrics, summary
+        and ``best.pt`` are removed first. Returns True when that happened. Call it only once every setting
+        has been checked (the engine does, after building the run), so a refused run leaves nothing behind.
+        """
         self.check_new()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunError(f"cannot create run directory {self.path}: {err.strerror}") from None
-        cfg.save(self.path / CONFIG_FILE)
+        with self.writing():
+            self.check_new()  # again under the lock: another process may have written a checkpoint meanwhile
+            restarted = (self.path / CONFIG_FILE).exists()
+            if restarted:
+                self.clear_progress()
+            cfg.save(self.path / CONFIG_FILE)
+        return restarted
 
-    def load_resume(self) -> tuple[TrainConfig, dict[str, Any]]:
-        """The config and last checkpoint of an interrupted run; :class:`RunError` when there is none."""
+    def clear_progress(self) -> None:
+        """Remove what a run writes as it trains (metrics, summary, ``best.pt``); settings and prune records stay."""
+        for name in _PROGRESS_FILES:
+            try:
+                (self.path / name).unlink(missing_ok=True)
+            except OSError as err:
+                raise RunError(f"cannot remove {self.path / name} to start the run again: {err.strerror}") from None
+
+    def load_resume(self) -> tuple[TrainConfig, dict[str, Any] | None]:
+        """The config and ``last.pt`` of an interrupted run; the checkpoint is None when the run never wrote one.
+
+        :class:`RunError` when the folder is no run, or another process is writing it right now. A run
+        without a checkpoint (killed, or stopped by a bad number, before its first epoch ended) is started
+        again from its saved settings by the engine (:func:`distill.engine.train` with ``resume=None``).
+        """
         if not self.path.is_dir():
             raise RunError(f"--resume {self.path}: no such run directory")
         if not (self.path / CONFIG_FILE).exists():
             raise RunError(f"--resume {self.path}: not a run directory (no {CONFIG_FILE})")
-        if not (self.path / LAST_CKPT).exists():
-            raise RunError(f"--resume {self.path}: the run has no checkpoint yet ({LAST_CKPT}); start it again "
-                           "instead")
-        return TrainConfig.load(self.path / CONFIG_FILE), load_file(self.path / LAST_CKPT)
+        self._check_unlocked()  # fail now, not after loading data and models, when another process holds it
+        cfg = TrainConfig.load(self.path / CONFIG_FILE)
+        last = self.path / LAST_CKPT
+        if not last.exists():
+            self._resumed_from = None
+            return cfg, None
+        stat = last.stat()
+        self._resumed_from = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return cfg, load_file(last)
+
+    def check_resume_current(self) -> None:
+        """Under the lock: refuse when ``last.pt`` changed since :meth:`load_resume` read it (another process
+        resumed and wrote the run in between), instead of training on from an older epoch."""
+        if self._resumed_from is None:
+            return
+        try:
+            stat = (self.path / LAST_CKPT).stat()
+            now = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            now = None
+        if now != self._resumed_from:
+            raise RunError(f"{self.path / LAST_CKPT} was rewritten by another process after this one read it; "
+                           f"run --resume {self.path} again to continue from the newer checkpoint")
+
+    # ------------------------------------------------------------------------------------- one writer
+
+    @contextlib.contextmanager
+    def writing(self, enabled: bool = True) -> Iterator[None]:
+        """Hold the folder's lock for the block (re-entrant); :class:`RunError` when another process holds it.
+
+        The lock is an OS lock (``flock``) on ``.lock`` in the folder, which is created if needed: the
+        kernel releases it when the holder exits or is killed, so a dead run never blocks its resume.
+        ``enabled=False`` (data-parallel ranks other than 0, which write nothing) does nothing.
+        """
+        if not enabled:
+            yield
+            return
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _check_unlocked(self) -> None:
+        """:class:`RunError` when another process holds the lock. A shared, momentary look that creates and
+        removes nothing, so every rank of a data-parallel resume may look at once."""
+        if fcntl is None or self._lock_depth:
+            return
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._held_by(fd) from None
+        finally:
+            os.close(fd)
+
+    def _held_by(self, fd: int) -> RunError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        return RunError(f"{self.path} is being written by another process (pid {holder}); wait for it to end or "
+                        f"stop it, then continue with --resume {self.path}")
+
+    def _acquire(self) -> None:
+        if self._lock_depth:
+            self._lock_depth += 1
+            return
+        if fcntl is None:
+            self._lock_depth = 1
+            return
+        lock = self.path / LOCK_FILE
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for _ in range(10):
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    error = self._held_by(fd)
+                    os.close(fd)
+                    raise error from None
+                except BaseException:
+                    os.close(fd)
+                    raise
+                # The holder removes the file as it lets go: make sure we locked the file that is there now.
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            else:
+                raise RunError(f"could not lock {lock}: another process keeps replacing it")
+            try:  # who holds it, for the message a second process gets; a full disk must not stop the run here
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
+        except OSError as err:
+            raise RunError(f"cannot lock the run folder {self.path}: {err.strerror or err}") from None
+        self._lock_fd, self._lock_depth = fd, 1
+
+    def _release(self) -> None:
+        self._lock_depth -= 1
+        if self._lock_depth or self._lock_fd is None:
+            return
+        fd, self._lock_fd = self._lock_fd, None
+        try:
+            os.unlink(self.path / LOCK_FILE)  # while still holding it (see _acquire)
+        except OSError:
+            pass
+        os.close(fd)
 
     def config(self) -> TrainConfig:
         return TrainConfig.load(self.path / CONFIG_FILE)
@@ -235,6 +417,7 @@ class RunDir:
         atomic_write_text(self.path / METRICS_CSV, _metrics_csv(records))
 
     def save_best(self, model: Any, *, arch: dict[str, Any], meta: dict[str, Any]) -> None:
+        """``best.pt``: the weights of the best epoch; written after ``last.pt``, so best never exists without last."""
         save_checkpoint(self.path / BEST_CKPT, model, arch=arch, meta=meta)
 
     def save_last(self, model: Any, *, arch: dict[str, Any], meta: dict[str, Any], **state: Any) -> None:
@@ -255,8 +438,19 @@ class RunDir:
             return None
         return SummaryWriter(log_dir=str(self.path))
 
-    def prune_record(self) -> dict[str, Any] | None:
-        """What ``prune`` recorded beside this run, or None for an ordinary run."""
+    def prune_record(self, full: bool = False) -> dict[str, Any] | None:
+        """What ``prune`` recorded beside this run (as the summary embeds it), or None for an ordinary run.
+
+        ``full`` keeps ``finetune_config`` too: the fine-tuning settings (they are config.json's once it runs).
+        """
         path = self.path / PRUNE_RECORD
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RunError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
+        if not isinstance(record, dict):
+            raise RunError(f"corrupt {path} (not a JSON object)")
+        return record if full else {k: v for k, v in record.items() if k != "finetune_config"}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ def _import_runtime() -> None:
     from distill.device import resolve_device
     from distill.engine import evaluate
     from distill.pipeline import load_data, run_training
-    from distill.rundir import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, atomic_write_json, find_checkpoint
+    from distill.rundir import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, RunDir, atomic_write_json, find_checkpoint
 
     from .core import PruneError, PruneResult, PruneSettings, prune_to_target, recalibrate_bn, sparsity_regularizer
 
@@ -138,15 +139,33 @@ def _finetune_config(args: argparse.Namespace, source_cfg: TrainConfig | None, c
         base.pop(key, None)
     given = {k: v for k, v in vars(args).items() if k not in NON_CONFIG and k not in _PRUNE_ONLY}
     settings = {**base, **given, "kind": "run", "student": model.spec_name, "init_ckpt": str(out / PRUNED_CKPT)}
-    if "teacher" not in given and not (source_cfg and source_cfg.teacher):
-        settings["teacher"] = model.spec_name  # self-distillation from the unpruned student
-        settings["teacher_ckpt"] = str(ckpt_path.resolve())
-    elif "teacher" not in given and source_cfg and source_cfg.teacher and not settings.get("teacher_ckpt"):
-        settings["teacher_ckpt"] = None  # the teacher store keyed by (model, data, mode) finds it
+    # A source distilled from a teacher (`distill run --teacher`) keeps that teacher. Any other source (a
+    # `distill teacher` run, a run without a teacher, a bare checkpoint) has no teacher of its own: the unpruned
+    # model itself teaches its pruned copy. prune never trains a teacher, so never writes the teacher store.
+    had_teacher = source_cfg is not None and source_cfg.uses_teacher
+    if "teacher" not in given and not had_teacher:
+        settings.update(teacher=model.spec_name, teacher_ckpt=str(ckpt_path.resolve()), teacher_mode=None,
+                        teacher_pretrained=False, teacher_weights=None)
+    elif "teacher" not in given and not settings.get("teacher_ckpt"):
+        settings["teacher_ckpt"] = _source_teacher_ckpt(ckpt_path)  # None: looked up in the store, read-only
     if "milestones" in settings:
         settings["milestones"] = tuple(settings["milestones"])
     settings.setdefault("epochs", source_cfg.epochs if source_cfg else 10)
     return TrainConfig(**settings)
+
+
+def _source_teacher_ckpt(ckpt_path: Path) -> str | None:
+    """The teacher checkpoint the source run distilled from, as its summary recorded it (``teacher_ckpt``;
+    runs before it was recorded name the store folder in ``teacher_source``); None when unknown."""
+    try:
+        summary = json.loads((ckpt_path.parent / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    recorded = summary.get("teacher_ckpt")
+    if not isinstance(recorded, str):
+        match = re.search(r"stored teacher (.+)$", str(summary.get("teacher_source") or ""))
+        recorded = str(Path(match.group(1)) / "best.pt") if match else None
+    return recorded if recorded and Path(recorded).is_file() else None
 
 
 _PRUNE_ONLY = {"source", "target_params", "target_macs", "ratio", "importance", "global_pruning", "iterative_steps",
@@ -282,6 +301,8 @@ def _prune(args: argparse.Namespace) -> int:
     cost_after = students.cost_report(model)
     _report(args, kind, target, result, cost_before, cost_after, top1, model)
     record = _record(args, ckpt_path, kind, target, result, cost_before, cost_after, top1, prune_only)
+    if not prune_only:  # prune --resume starts fine-tuning from these when a kill came before it began
+        record["finetune_config"] = cfg.to_dict()
     if _rank() == 0:  # under torchrun every rank prunes identically; rank 0 writes
         out.mkdir(parents=True, exist_ok=True)  # only now: a target that cannot be met leaves nothing behind
         students.save_checkpoint(out / PRUNED_CKPT, model.cpu(), meta={
@@ -355,7 +376,7 @@ def _sparse_stage(args, cfg: TrainConfig, model, out: Path, ckpt_path: Path):
 
     with RichReporter("sparse") as reporter:
         run_training(sparse_cfg, sparse_dir, resume=(sparse_dir / LAST_CKPT).exists(), reporter=reporter,
-                     after_backward=make_hook)
+                     after_backward=make_hook, may_train_teacher=False)
     sparse_model, _ = students.load_checkpoint(sparse_dir / LAST_CKPT)
     return sparse_model.to(resolve_device(cfg.device))
 
@@ -364,7 +385,7 @@ def _finetune(cfg: TrainConfig | None, out: Path, *, resume: bool, stop_after: i
     record = json.loads((out / PRUNE_RECORD).read_text())
     with RichReporter("fine-tune") as reporter:
         summary = run_training(cfg or TrainConfig(), out, resume=resume, reporter=reporter, stop_after=stop_after,
-                               make_reporter=lambda label: reporter)
+                               make_reporter=lambda label: reporter, may_train_teacher=False)
     console.print(summary_table(summary, out))
     def pct(value: float | None) -> str:  # no epoch finished yet (--stop-after 0): no top-1 to show
         return "-" if value is None else f"{value:.2f}%"
@@ -387,17 +408,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.resume)
         if not (out / PRUNE_RECORD).exists():
             raise UserError(f"--resume {out}: not a prune run (no {PRUNE_RECORD})")
-        if (out / LAST_CKPT).exists():
+        if (out / LAST_CKPT).exists() or (out / CONFIG_FILE).exists():
+            # Fine-tuning began: it continues, or starts again when it never reached its first checkpoint.
             return _finetune(None, out, resume=True, stop_after=args.stop_after)
-        if not (out / CONFIG_FILE).exists():
-            if json.loads((out / PRUNE_RECORD).read_text()).get("prune_only"):
-                raise UserError(f"--resume {out}: pruned only (--finetune-epochs 0), nothing to resume; the pruned "
-                                f"student is {out / PRUNED_CKPT}")
-            raise UserError(f"--resume {out}: pruning finished but fine-tuning never started; run prune again")
-        cfg = TrainConfig.load(out / CONFIG_FILE)
-        (out / CONFIG_FILE).unlink()  # fine-tuning died before its first checkpoint: start it again
-        return _finetune(cfg, out, resume=False, stop_after=args.stop_after)
+        return _finetune(_never_started(out), out, resume=False, stop_after=args.stop_after)
     return _prune(args)
+
+
+def _never_started(out: Path) -> TrainConfig:
+    """The fine-tuning settings prune.json recorded, for a run killed after pruning and before fine-tuning."""
+    record = RunDir(out).prune_record(full=True) or {}
+    if record.get("prune_only"):
+        raise UserError(f"--resume {out}: pruned only (--finetune-epochs 0), nothing to resume; the pruned "
+                        f"student is {out / PRUNED_CKPT}")
+    settings = record.get("finetune_config")
+    if not isinstance(settings, dict):
+        raise UserError(f"--resume {out}: pruning finished but fine-tuning never started, and this {PRUNE_RECORD} "
+                        "(from an older version) does not hold its settings; prune again into another --out")
+    return TrainConfig.from_dict(settings)
 
 
 def entry() -> None:

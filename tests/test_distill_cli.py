@@ -276,9 +276,11 @@ def test_teacher_recipe_is_named_and_follows_the_students_data_and_budget() -> N
                           data="cifar100", train_subset=500, seed=4, label_smoothing=0.0, kd_weight=0.5)
     cfg = teacher_config(student)
     assert (cfg.kind, cfg.teacher, cfg.recipe) == ("teacher", "resnet18", "teacher-default")
-    assert (cfg.optimizer, cfg.lr, cfg.label_smoothing) == ("sgd", 0.1, 0.1)  # the recipe's own values
+    assert (cfg.optimizer, cfg.lr, cfg.label_smoothing) == ("sgd", 0.1, 0.0)  # the recipe's own values
     assert (cfg.epochs, cfg.batch_size, cfg.mixup, cfg.data, cfg.train_subset, cfg.seed) == (7, 64, 0.2, "cifar100",
                                                                                               500, 4)
     assert cfg.kd_weight is None  # distillation settings are the student's, not the teacher's
-    assert teacher_config(student.replace(optimizer="sgd", lr=0.05)).lr == 0.05  # same optimiser: same lr scale
+    assert teacher_config(student.replace(optimizer="sgd", lr=0.05)).lr == 0.1  # its own lr, not the student's
+    own = teacher_config(student.replace(teacher_epochs=3, teacher_lr=0.05))  # --teacher-epochs, --teacher-lr
+    assert (own.epochs, own.lr) == (3, 0.05)
     assert set(TEACHER_RECIPES) == {"teacher-default"}

@@ -357,3 +357,88 @@ def test_regressor_gradients_are_averaged_over_ranks(tmp_path) -> None:
     for a, b, l0, l1 in zip(r0["averaged"], r1["averaged"], r0["local"], r1["local"]):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, (l0 + l1) / 2)
+
+
+# ------------------------------------------------------------------------------ wired into the engine and CLI
+
+
+def test_config_accepts_every_feature_method_and_checks_feat_weight() -> None:
+    from distill.config import FEATURE_KD_NAMES, LOGIT_KD_LOSSES, ConfigError, TrainConfig
+    from distill.losses import KD_LOSSES
+
+    assert set(FEATURE_KD_NAMES) == set(feature_kd_names()) and set(LOGIT_KD_LOSSES) == set(KD_LOSSES)
+    for name in feature_kd_names():
+        assert TrainConfig(kd_loss=name).kd_loss == name
+    assert TrainConfig(kd_loss="kd+at", feat_weight=50.0).feat_weight == 50.0
+    with pytest.raises(ConfigError, match="feature method"):
+        TrainConfig(kd_loss="kd", feat_weight=1.0)
+    with pytest.raises(ConfigError, match="feature method"):
+        TrainConfig(kd_loss="at", feat_weight=-1.0)
+
+
+def test_fit_with_a_teacher_without_feature_api_gets_one_line(cifar_subset_dir, tmp_path) -> None:
+    from distill import TrainConfig, fit
+    from distill.data import load_dataset
+
+    data = load_dataset(str(cifar_subset_dir))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    with pytest.raises(FeatureAPIError) as err:
+        fit(students.create("r1_1_c4"), data, teacher=plain, out=tmp_path / "x",
+            config=TrainConfig(kd_loss="kd+at", epochs=1, batch_size=100, device="cpu"))
+    assert "\n" not in str(err.value) and "resnet18" in str(err.value) and "no feature_info" in str(err.value)
+    assert not (tmp_path / "x").exists()  # nothing was written
+
+
+FEAT_TEACHER, FEAT_STUDENT = "r2_11_c8-16", "r1_1_c8"
+FEAT_COMMON = ["--batch-size", "50", "--lr", "0.05", "--device", "cpu", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def feat_teacher_run(cifar_subset_dir, tmp_path_factory):
+    from distill.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    assert main(["teacher", "--teacher", FEAT_TEACHER, "--data", str(cifar_subset_dir), "--epochs", "1",
+                 *FEAT_COMMON, "--out", str(out)]) == 0
+    return out
+
+
+def test_cli_run_with_feature_kd_then_resume_exactly(capsys, cifar_subset_dir, feat_teacher_run, tmp_path) -> None:
+    """`distill run --kd-loss kd+at` end to end; kd+fitnet stopped after one epoch and resumed equals one run."""
+    import json
+
+    from distill.cli import main
+
+    def run(*args) -> None:
+        code = main([str(a) for a in args])
+        assert code == 0, capsys.readouterr().err
+
+    base = ["run", "--teacher", FEAT_TEACHER, "--teacher-ckpt", feat_teacher_run, "--student", FEAT_STUDENT,
+            "--data", cifar_subset_dir, *FEAT_COMMON]
+    run(*base, "--epochs", "1", "--kd-loss", "kd+at", "--out", tmp_path / "at")
+    records = [json.loads(x) for x in (tmp_path / "at" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["train_feat"] > 0 and records[0]["train_kd"] > 0
+    summary = json.loads((tmp_path / "at" / "summary.json").read_text())
+    assert summary["complete"] and summary["kd"]["loss"] == "kd+at" and summary["kd"]["feat_weight"] == 1000.0
+
+    fitnet = [*base, "--epochs", "2", "--kd-loss", "kd+fitnet", "--feat-weight", "10", "--mixup", "0.4"]
+    run(*fitnet, "--out", tmp_path / "whole")
+    run(*fitnet, "--out", tmp_path / "split", "--stop-after", "1")
+    run("run", "--resume", tmp_path / "split")
+    whole, split = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("whole", "split"))
+    assert whole["loss_state_dict"] and any("projections" in k for k in whole["loss_state_dict"])
+    for key in ("state_dict", "loss_state_dict"):
+        for name, value in whole[key].items():
+            torch.testing.assert_close(value, split[key][name], rtol=1e-5, atol=1e-6, msg=f"{key} {name}")
+    # The optimiser steps the regressors too: per level a 1x1 conv weight and a BatchNorm weight and bias.
+    def num_optimised(ckpt) -> int:
+        return sum(len(g["params"]) for g in ckpt["optimizer"]["param_groups"])
+
+    levels = sum(k.endswith("0.weight") for k in whole["loss_state_dict"])
+    at_ckpt = torch.load(tmp_path / "at" / "last.pt", weights_only=True)
+    assert levels >= 1 and num_optimised(whole) == num_optimised(at_ckpt) + 3 * levels
+    ma, mb = ([json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+              for n in ("whole", "split"))
+    for a, b in zip(ma, mb):
+        assert a["train_feat"] == pytest.approx(b["train_feat"], rel=1e-5)
+        assert a["test_top1"] == pytest.approx(b["test_top1"])

@@ -45,7 +45,8 @@ def test_run_dir_creates_writes_metrics_in_two_formats_and_refuses_reuse(tmp_pat
     assert folder.read_metrics() == records
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and rows[0]["test_top1"] == "" and rows[1]["test_top1"] == "30.0"
+    cfg, checkpoint = folder.load_resume()  # no checkpoint yet: the engine starts the run again
+    assert cfg.epochs == 3 and checkpoint is None
+    (folder / "last.pt").write_bytes(b"")  # once a checkpoint exists, the folder holds a run
     with pytest.raises(RunError, match="already holds a run"):
         folder.create(TrainConfig())
-    with pytest.raises(RunError, match="no checkpoint yet"):
-        folder.load_resume()
