@@ -32,7 +32,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, replace_block  # noqa: E402  (benchmarks/common.py)
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
@@ -228,20 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.results / f"kd_ablation_{args.scale}.json").write_text(
         json.dumps({j.name: {"cell": j.cell, "seed": j.seed, "cmd": shlex.join(j.cmd), **j.summary} for j in jobs},
                    indent=2) + "\n")
-    _replace_block(args.results / "RESULTS.md", f"kd-ablation:{args.scale}", block)
+    replace_block(args.results / "RESULTS.md", f"kd-ablation:{args.scale}", block)
     print(block)
     return 0
-
-
-def _replace_block(path: Path, key: str, block: str) -> None:
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    text = path.read_text() if path.exists() else "# Results\n"
-    new = f"{start}\n{block}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + new + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + new + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -21,6 +22,26 @@ def shared_cifar10_tarball() -> Path:
         return path / "cifar10-jpeg.tar.gz" if path.is_dir() else path
     # The repository sits beside ``shared/`` (e.g. /work/main and /work/shared), in CI too.
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def cifar10_tarball_or_skip() -> Path:
+    """The real CIFAR-10 tarball, or skip the test that needs it (with where it was looked for)."""
+    tarball = shared_cifar10_tarball()
+    if not tarball.is_file():
+        pytest.skip(f"real CIFAR-10 not found at {tarball}")
+    return tarball
+
+
+def import_benchmarks(*names: str) -> list:
+    """Import scripts of ``benchmarks/`` as modules (the folder is not a package)."""
+    import importlib
+
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return [importlib.import_module(name) for name in names]
+    finally:
+        sys.path.remove(folder)
 
 
 @pytest.fixture(scope="session")

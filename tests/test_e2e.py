@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_cifar10_tarball
+from conftest import cifar10_tarball_or_skip, import_benchmarks
 
 pytestmark = pytest.mark.slow
 
@@ -16,15 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_e2e_smoke(tmp_path: Path) -> None:
-    tarball = shared_cifar10_tarball()
-    if not tarball.is_file():
-        pytest.skip(f"real CIFAR-10 not found at {tarball}")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import e2e
-        import prune_bench
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    tarball = cifar10_tarball_or_skip()
+    e2e, prune_bench = import_benchmarks("e2e", "prune_bench")
     work, results = tmp_path / "work", tmp_path / "results"
     assert e2e.main(["--smoke", "--work", str(work), "--results", str(results), "--device", "cpu",
                      "--data", str(tarball)]) == 0

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import shared_cifar10_tarball
+from conftest import cifar10_tarball_or_skip, import_benchmarks
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_kd_ablation_smoke_writes_its_table(tmp_path: Path) -> None:
-    tarball = shared_cifar10_tarball()
-    if not tarball.is_file():
-        pytest.skip(f"real CIFAR-10 not found at {tarball}")
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import kd_ablation
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    tarball = cifar10_tarball_or_skip()
+    (kd_ablation,) = import_benchmarks("kd_ablation")
     work, results = tmp_path / "work", tmp_path / "results"
     argv = ["--scale", "smoke", "--work", str(work), "--results", str(results), "--seeds", "0", "--jobs", "1",
             "--data", str(tarball)]
@@ -37,7 +28,7 @@ def test_kd_ablation_smoke_writes_its_table(tmp_path: Path) -> None:
     kd = next(r for r in runs.values() if r["cell"] == "KD onecycle 1ep, teacher LS 0")
     assert kd["teacher"] == "r2_11_c8-16" and kd["kd"]["kd_weight"] == 0.9
     text = (results / "RESULTS.md").read_text()
-    assert "<!-- kd-ablation:smoke:start -->" in text and "| KD onecycle 1ep, teacher LS 0 |" in text
+    assert "<!-- e2e:kd-ablation:smoke:start -->" in text and "| KD onecycle 1ep, teacher LS 0 |" in text
     # A second call reuses every finished run instead of training again.
     assert kd_ablation.main(argv) == 0
     assert all(r.get("reused") for r in json.loads((results / "kd_ablation_smoke.json").read_text()).values())
