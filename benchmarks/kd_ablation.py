@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: the table from the runs already finished under --work")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -215,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = plan(scale, args.data, work, seeds, args.device)
-    execute(jobs, work, args.jobs)
+    if args.table_only:
+        for job in jobs:
+            job.summary = _summary(work / job.name) or {}
+    else:
+        execute(jobs, work, args.jobs)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     device = next((j.summary["device"] for j in jobs if "device" in j.summary), args.device)
     header = [f"### KD ablation, {args.scale} scale ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
@@ -224,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
               f"Teacher {scale.teacher} ({scale.teacher_epochs} epochs, one-cycle), student {scale.student}, batch "
               f"{scale.batch_size}, lr {scale.lr}, KD T=4 weight 0.9, top-1 (%) at the last epoch on the test set.",
               ""]
-    block = "\n".join(header + table(jobs, scale)) + f"\n\nTotal {time.perf_counter() - started:.0f} s.\n"
+    total = "" if args.table_only else f"\n\nTotal {time.perf_counter() - started:.0f} s.\n"
+    block = "\n".join(header + table(jobs, scale)) + total
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"kd_ablation_{args.scale}.json").write_text(
         json.dumps({j.name: {"cell": j.cell, "seed": j.seed, "cmd": shlex.join(j.cmd), **j.summary} for j in jobs},
