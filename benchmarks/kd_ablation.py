@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     device = next((j.summary["device"] for j in jobs if "device" in j.summary), args.device)
     header = [f"### KD ablation, {args.scale} scale ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
               f"UTC, commit {commit.strip()}, {device}, {args.jobs} runs at a time)", "",
-              f"Command: `python benchmarks/kd_ablation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`. "
+              f"Command: `python benchmarks/kd_ablation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`"
+              + (" (the table of the runs finished under the work folder; each run's command is in "
+                 f"`kd_ablation_{args.scale}.json`). " if args.table_only else ". ") +
               f"Teacher {scale.teacher} ({scale.teacher_epochs} epochs, one-cycle), student {scale.student}, batch "
               f"{scale.batch_size}, lr {scale.lr}, KD T=4 weight 0.9, top-1 (%) at the last epoch on the test set.",
               ""]
