@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"  # the real CIFAR-10 beside the checkout
 if str(REPO) not in sys.path:  # runnable from a plain checkout, without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
 from distill.rundir import LAST_CKPT, SUMMARY_FILE, read_summary  # noqa: E402
 
-__all__ = ["run_command", "run_summary", "run_stage", "replace_block"]
+__all__ = ["REPO", "DEFAULT_DATA", "run_command", "run_summary", "run_stage", "replace_block"]
 
 
 def run_command(cmd: list[str], log: Path) -> float:

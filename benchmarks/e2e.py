@@ -31,8 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import replace_block, run_command, run_stage  # noqa: E402
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+from common import DEFAULT_DATA, replace_block, run_command, run_stage  # noqa: E402
 
 
 @dataclass(frozen=True)

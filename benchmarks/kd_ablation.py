@@ -32,9 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REPO, replace_block  # noqa: E402  (benchmarks/common.py)
-
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+from common import DEFAULT_DATA, REPO, replace_block  # noqa: E402  (benchmarks/common.py)
 
 
 @dataclass(frozen=True)

@@ -219,12 +219,9 @@ class RichReporter:
         self.progress.update(self.step_task, completed=step, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
-        parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.3f}", f"train {record['train_top1']:.1f}%"]
-        if "test_top1" in record:
-            parts.append(f"test {record['test_top1']:.2f}%")
-        if "ema_top1" in record:
-            parts.append(f"ema {record['ema_top1']:.2f}%")
-        parts += [f"{record['train_img_s']:,.0f} img/s", f"{record['seconds']:.1f} s"]
+        from .rundir import epoch_summary
+
+        parts = epoch_summary(record) + [f"{record['train_img_s']:,.0f} img/s", f"{record['seconds']:.1f} s"]
         self.progress.console.print("  ".join(parts))
         if self.step_task is not None:
             self.progress.remove_task(self.step_task)

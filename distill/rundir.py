@@ -454,3 +454,12 @@ class RunDir:
             raise RunError(f"corrupt {path} (not a JSON object)")
         return record if full else {k: v for k, v in record.items() if k != "finetune_config"}
 
+
+def epoch_summary(record: dict[str, Any]) -> list[str]:
+    """The parts of one epoch's line that every progress printer shows: epoch, loss and top-1s (percent)."""
+    parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.3f}", f"train {record['train_top1']:.1f}%"]
+    if "test_top1" in record:
+        parts.append(f"test {record['test_top1']:.2f}%")
+    if "ema_top1" in record:
+        parts.append(f"ema {record['ema_top1']:.2f}%")
+    return parts

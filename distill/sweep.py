@@ -46,7 +46,8 @@ from .config import FEATURE_KD_NAMES, TrainConfig
 from .data import ImageDataset
 from .engine import Models, Reporter
 from .optim import set_lr
-from .rundir import CONFIG_FILE, RunDir, RunError, Summary, atomic_write_json, is_complete, read_summary
+from .rundir import (CONFIG_FILE, RunDir, RunError, Summary, atomic_write_json, epoch_summary, is_complete,
+                     read_summary)
 
 __all__ = ["SWEEP_FILE", "SweepError", "train_many", "sweep", "run_sweep", "read_sweep", "student_dirs"]
 
@@ -79,12 +80,7 @@ class _Labelled:
         pass
 
     def end_epoch(self, record: dict[str, Any]) -> None:
-        line = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.3f}", f"train {record['train_top1']:.1f}%"]
-        if "test_top1" in record:
-            line.append(f"test {record['test_top1']:.2f}%")
-        if "ema_top1" in record:
-            line.append(f"ema {record['ema_top1']:.2f}%")
-        _say(self.reporter, f"{self.name}: " + "  ".join(line))
+        _say(self.reporter, f"{self.name}: " + "  ".join(epoch_summary(record)))
 
 
 def _say(reporter: Reporter, text: str) -> None:
