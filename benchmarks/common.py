@@ -4,6 +4,7 @@ reading a run's summary (through distill.rundir, the run folder's one owner) and
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shlex
 import subprocess
@@ -16,9 +17,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"  # the re
 if str(REPO) not in sys.path:  # runnable from a plain checkout, without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from distill.rundir import LAST_CKPT, SUMMARY_FILE, read_summary  # noqa: E402
+from distill.rundir import LAST_CKPT, SUMMARY_FILE, is_complete, read_summary  # noqa: E402
 
-__all__ = ["REPO", "DEFAULT_DATA", "run_command", "run_summary", "run_stage", "replace_block"]
+__all__ = ["REPO", "DEFAULT_DATA", "run_command", "run_summary", "finished_summary", "run_stage", "replace_block", "publish"]
 
 
 def run_command(cmd: list[str], log: Path) -> float:
@@ -38,6 +39,11 @@ def run_command(cmd: list[str], log: Path) -> float:
 def run_summary(run_dir: Path) -> dict:
     """A run's ``summary.json`` as a plain dict (for the benchmarks' JSON records)."""
     return read_summary(run_dir).to_dict()
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """A finished run's summary as a plain dict; None while the run is missing, unfinished or unreadable."""
+    return run_summary(run_dir) if is_complete(run_dir) else None
 
 
 def run_stage(name: str, cmd: list[str], run_dir: Path, resume_cmd: list[str], log: Path) -> dict:
@@ -66,3 +72,10 @@ def replace_block(path: Path, block_name: str, block: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + new + "\n"
     path.write_text(text)
+
+
+def publish(results: Path, json_name: str, payload: dict, block_name: str, block: str) -> None:
+    """Write a benchmark's raw results as ``results/json_name`` and its table into ``results/RESULTS.md``."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / json_name).write_text(json.dumps(payload, indent=2) + "\n")
+    replace_block(results / "RESULTS.md", block_name, block)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import DEFAULT_DATA, replace_block, run_command, run_stage  # noqa: E402
+from common import DEFAULT_DATA, publish, run_command, run_stage  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -215,9 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     meta["checks"] = _checks(runs)
     # Results first: a failure of the comparison below must not lose 45 minutes of measurements.
-    (args.results / f"e2e_{scale_name}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
     block = results_markdown(scale_name, runs, meta)
-    replace_block(args.results / "RESULTS.md", scale_name, block)
+    publish(args.results, f"e2e_{scale_name}.json", {"meta": meta, "runs": runs}, scale_name, block)
     compare = [sys.executable, "-m", "distill", "compare", *map(str, run_dirs), "--plot", str(plot),
                "--markdown", str(work / "compare.md")]
     try:

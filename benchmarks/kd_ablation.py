@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shlex
 import statistics
@@ -32,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DEFAULT_DATA, REPO, replace_block  # noqa: E402  (benchmarks/common.py)
+from common import DEFAULT_DATA, REPO, finished_summary, publish  # noqa: E402  (benchmarks/common.py)
 
 
 @dataclass(frozen=True)
@@ -102,14 +101,6 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
                                        order[id(j)]))
 
 
-def _summary(run_dir: Path) -> dict | None:
-    path = run_dir / "summary.json"
-    if not path.exists():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("complete") else None
-
-
 def _say(text: str) -> None:
     # One write per line: print() from two threads can interleave the text and its newline.
     sys.stdout.write(f"[{datetime.datetime.now():%H:%M:%S}] {text}\n")
@@ -119,7 +110,7 @@ def _say(text: str) -> None:
 def run_job(job: Job, work: Path, threads: int) -> dict:
     """Run (or reuse, or resume) one job; return its summary. Fails loudly with the log's tail."""
     run_dir = work / job.name
-    if (done := _summary(run_dir)) is not None:
+    if (done := finished_summary(run_dir)) is not None:
         return {**done, "reused": True}
     if (run_dir / "last.pt").exists():
         # `distill run --resume` continues teacher runs too: the kind is in the run's saved config.
@@ -133,7 +124,7 @@ def run_job(job: Job, work: Path, threads: int) -> dict:
         out.write("$ " + shlex.join(cmd) + "\n")
         out.flush()
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0 or (summary := _summary(run_dir)) is None:
+    if proc.returncode != 0 or (summary := finished_summary(run_dir)) is None:
         tail = "\n".join(log.read_text().splitlines()[-10:])
         raise RuntimeError(f"{job.name} failed ({proc.returncode}); log {log}:\n{tail}")
     _say(f"done  {job.name}: top-1 {summary['top1_last']:.2f}% in {summary['wall_s']:.0f} s")
@@ -217,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(scale, args.data, work, seeds, args.device)
     if args.table_only:
         for job in jobs:
-            job.summary = _summary(work / job.name) or {}
+            job.summary = finished_summary(work / job.name) or {}
     else:
         execute(jobs, work, args.jobs)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
@@ -232,11 +223,8 @@ def main(argv: list[str] | None = None) -> int:
               ""]
     total = "" if args.table_only else f"\n\nTotal {time.perf_counter() - started:.0f} s.\n"
     block = "\n".join(header + table(jobs, scale)) + total
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"kd_ablation_{args.scale}.json").write_text(
-        json.dumps({j.name: {"cell": j.cell, "seed": j.seed, "cmd": shlex.join(j.cmd), **j.summary} for j in jobs},
-                   indent=2) + "\n")
-    replace_block(args.results / "RESULTS.md", f"kd-ablation:{args.scale}", block)
+    runs = {j.name: {"cell": j.cell, "seed": j.seed, "cmd": shlex.join(j.cmd), **j.summary} for j in jobs}
+    publish(args.results, f"kd_ablation_{args.scale}.json", runs, f"kd-ablation:{args.scale}", block)
     print(block)
     return 0
 

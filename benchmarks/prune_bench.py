@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import replace_block, run_stage, run_summary  # noqa: E402
+from common import publish, run_stage, run_summary  # noqa: E402
 
 SCALES = {
     "cpu": {"wide": "r3_111_c24-48-96", "finetune_epochs": 3, "wide_epochs": 4, "wide_finetune_epochs": 2,
@@ -122,10 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({wide['epochs']}+{b['epochs']} vs {direct['epochs']}): {gap:+.2f} points.",
     ]
     block = "\n".join(lines)
-    (args.results / f"prune_{args.scale}.json").write_text(
-        json.dumps({"meta": meta, "a": {"source": src, "pruned": a}, "b": {"wide": wide, "pruned": b, "direct": direct}},
-                   indent=2) + "\n")
-    replace_block(args.results / "RESULTS.md", f"prune-{args.scale}", block)
+    payload = {"meta": meta, "a": {"source": src, "pruned": a}, "b": {"wide": wide, "pruned": b, "direct": direct}}
+    publish(args.results, f"prune_{args.scale}.json", payload, f"prune-{args.scale}", block)
     print(block)
     return 0
 
