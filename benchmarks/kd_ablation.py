@@ -65,8 +65,9 @@ class Job:
     summary: dict = field(default_factory=dict)
 
 
-def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: str) -> list[Job]:
-    """Every run, most informative first: the two teachers, then one-cycle cells, cosine cells, longer runs."""
+def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: str,
+         only: tuple[str, ...] = ()) -> list[Job]:
+    """Every run, most informative first (or the runs named in ``only``, in that order, after the teachers)."""
     py = [sys.executable, "-m", "distill"]
     common = ["--data", data, *scale.subset, "--batch-size", str(scale.batch_size), "--lr", str(scale.lr),
               "--device", device]
@@ -77,26 +78,39 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
     ]
     schedules = {"onecycle": ["--schedule", "onecycle"],
                  "cosine": ["--schedule", "cosine", "--warmup-epochs", "1"]}
-    cells = []  # (cell, schedule, epochs, teacher run or None)
+    kd = ["--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.9"]
+    mix = ["--mixup", "0.2", "--cutmix", "1.0", "--mix-prob", "0.5"]
+    cells = []  # (cell, schedule, epochs, teacher run or None, distillation flags)
     first = scale.epochs[0]
     for sched in schedules:
-        cells += [(f"ref {sched} {first}ep", sched, first, None),
-                  (f"KD {sched} {first}ep, teacher LS 0", sched, first, "teacher-ls0.0"),
-                  (f"KD {sched} {first}ep, teacher LS 0.1", sched, first, "teacher-ls0.1")]
+        cells += [(f"ref {sched} {first}ep", sched, first, None, []),
+                  (f"KD {sched} {first}ep, teacher LS 0", sched, first, "teacher-ls0.0", kd),
+                  (f"KD {sched} {first}ep, teacher LS 0.1", sched, first, "teacher-ls0.1", kd)]
+    # The other logit losses at their published defaults (DKD's warm-up scaled to the run), and mixing.
+    cells += [(f"DKD onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0", ["--kd-loss", "dkd"]),
+              (f"DIST onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0", ["--kd-loss", "dist"])]
     for epochs in scale.epochs[1:]:
-        cells += [(f"ref onecycle {epochs}ep", "onecycle", epochs, None),
-                  (f"KD onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0")]
-    for cell, sched, epochs, teacher in cells:
+        cells += [(f"ref onecycle {epochs}ep", "onecycle", epochs, None, []),
+                  (f"KD onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0", kd)]
+    cells += [(f"KD+mix onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0", kd + mix)
+              for epochs in scale.epochs]
+    for cell, sched, epochs, teacher, flags in cells:
         for seed in seeds:
-            name = cell.replace(",", "").replace(" ", "-").replace(".", "") + f"-s{seed}"
-            kd = [] if teacher is None else ["--teacher", scale.teacher, "--teacher-ckpt", str(work / teacher),
-                                             "--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.9"]
-            cmd = [*py, "run", "--student", scale.student, "--epochs", str(epochs), *schedules[sched], *kd, *common,
-                   "--seed", str(seed)]
+            name = cell.replace(",", "").replace(" ", "-").replace(".", "").replace("+", "") + f"-s{seed}"
+            distil = [] if teacher is None else ["--teacher", scale.teacher, "--teacher-ckpt", str(work / teacher),
+                                                 *flags]
+            cmd = [*py, "run", "--student", scale.student, "--epochs", str(epochs), *schedules[sched], *distil,
+                   *common, "--seed", str(seed)]
             jobs.append(Job(name, cmd, needs=() if teacher is None else (teacher,), cell=cell, seed=seed))
     # Seed-major: every factor's effect at one seed comes first, then the second seed, then the longer runs,
     # so a benchmark cut short by the clock still answers the main question.
     order = {id(j): i for i, j in enumerate(jobs)}
+    if only:
+        known = {j.name: j for j in jobs}
+        if unknown := [n for n in only if n not in known]:
+            raise SystemExit(f"error: --only names unknown runs {unknown}; runs are: {', '.join(known)}")
+        picked = [known[n] for n in only]
+        return [j for j in jobs if j.cell is None] + picked  # the teachers (reused when done), then in that order
     return sorted(jobs, key=lambda j: (j.cell is not None, f"{first}ep" not in (j.cell or f"{first}ep"), j.seed,
                                        order[id(j)]))
 
@@ -197,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", default="",
+                        help="comma-separated run names to run, in this order (the table still shows every finished run)")
     parser.add_argument("--table-only", action="store_true",
                         help="train nothing: the table from the runs already finished under --work")
     args = parser.parse_args(argv)
@@ -206,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     jobs = plan(scale, args.data, work, seeds, args.device)
-    if args.table_only:
+    if args.only:
+        only = tuple(n.strip() for n in args.only.split(",") if n.strip())
+        execute(plan(scale, args.data, work, seeds, args.device, only), work, args.jobs)
+    if args.table_only or args.only:
         for job in jobs:
             job.summary = finished_summary(work / job.name) or {}
     else:

@@ -94,6 +94,9 @@ def _kd_args(kd: argparse._ArgumentGroup) -> None:
     kd.add_argument("--kd-weight", type=float, default=S,
                     help="weight of the distillation term; cross-entropy gets 1 - it "
                          "(default: the loss's own: kd 0.9; dkd and dist weigh CE 1 + KD 1)")
+    kd.add_argument("--kd-warmup-epochs", type=float, default=S,
+                    help="epochs over which the distillation term ramps in linearly (default: the loss's own: "
+                         "dkd 1/12 of the run, as its paper's 20 of 240 epochs; kd and dist none)")
     kd.add_argument("--alpha", dest="kd_weight", type=float, default=S, action=_DeprecatedAlias,
                     help="deprecated name of --kd-weight")
 

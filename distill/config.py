@@ -124,6 +124,7 @@ class TrainConfig:
     kd_loss: str = "kd"
     temperature: float | None = None  # softmax temperature; None: the loss's published default (kd 4, dkd 4, dist 1)
     kd_weight: float | None = None  # weight of the distillation term (Hinton's alpha), CE gets 1 - kd_weight; None: the loss's default
+    kd_warmup_epochs: float | None = None  # epochs the distillation term ramps in over; None: the loss's own (dkd: 1/12 of the run, the paper's 20 of 240; others 0)
     feat_weight: float | None = None  # weight of the feature term of a feature method; None: its default (fitnet 100, at 1000)
     label_smoothing: float = 0.0  # probability mass spread over all classes
     mixup: float = 0.0  # Beta(a, a) for MixUp; 0 = off
@@ -167,6 +168,8 @@ class TrainConfig:
         if self.feat_weight is not None and (self.feat_weight < 0 or self.kd_loss not in FEATURE_KD_NAMES):
             raise ConfigError(f"--feat-weight {self.feat_weight} needs a feature method (--kd-loss at, fitnet, kd+at, ...) "
                               "and must not be negative")
+        if self.kd_warmup_epochs is not None and self.kd_warmup_epochs < 0:
+            raise ConfigError(f"--kd-warmup-epochs must not be negative, got {self.kd_warmup_epochs}")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"--temperature must be positive, got {self.temperature}")
         for name in ("kd_weight", "label_smoothing", "mix_prob", "min_lr_ratio"):

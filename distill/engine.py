@@ -43,7 +43,7 @@ from . import dist
 from .config import TrainConfig
 from .data import ImageDataset
 from .device import channels_last_safe, device_name, git_commit, resolve_device
-from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, stage_features
+from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_method, stage_features
 from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
 from .optim import build_optimizer, lr_at, set_lr
@@ -386,16 +386,34 @@ def build_train_loss(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | No
     a :class:`~distill.feature_kd.FeatureKD` whose matched levels are probed on ``model`` and ``teacher``;
     a teacher without timm's feature API raises :class:`~distill.feature_kd.FeatureAPIError`.
     """
+    logit_name = split_method(cfg.kd_loss)[0] if is_feature_method(cfg.kd_loss) else cfg.kd_loss
+    if teacher is None or logit_name is None:
+        logit_name = "ce"
+    warmup = kd_warmup_epochs(cfg)
+    logit_loss = build_loss(logit_name, temperature=cfg.temperature,
+                            kd_weight=cfg.kd_weight, label_smoothing=cfg.label_smoothing,
+                            **({} if warmup is None or logit_name == "ce" else {"warmup_epochs": warmup}))
     if teacher is not None and is_feature_method(cfg.kd_loss):
         # FitNets regressors start from (seed) alone, not from whatever drew random numbers before: a sweep
         # (distill.sweep) builds several students' losses in a row and must match their separate runs.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             return build_feature_kd(cfg.kd_loss, model, teacher, feat_weight=cfg.feat_weight,
-                                    temperature=cfg.temperature, kd_weight=cfg.kd_weight,
-                                    label_smoothing=cfg.label_smoothing)
-    return build_loss(cfg.kd_loss if teacher is not None else "ce", temperature=cfg.temperature,
-                      kd_weight=cfg.kd_weight, label_smoothing=cfg.label_smoothing)
+                                    logit_loss=logit_loss)
+    return logit_loss
+
+
+def kd_warmup_epochs(cfg: TrainConfig) -> float | None:
+    """Epochs the distillation term ramps in over: ``cfg.kd_warmup_epochs``, else DKD's 20-of-240 scaled to the run.
+
+    DKD's paper warms its term up over the first 20 of 240 epochs; a fixed 20 would keep a 5-epoch run's
+    DKD term at a quarter of its weight or less, so the default keeps the paper's fraction of the run.
+    None: the loss's own default (no warm-up for the others).
+    """
+    if cfg.kd_warmup_epochs is not None:
+        return cfg.kd_warmup_epochs
+    logit_name = split_method(cfg.kd_loss)[0] if is_feature_method(cfg.kd_loss) else cfg.kd_loss
+    return min(20.0, cfg.epochs / 12) if logit_name == "dkd" else None
 
 
 def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_dir: RunDir,

@@ -307,3 +307,21 @@ def test_bad_arguments_are_refused() -> None:
         KDLoss()(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([[0, 1, 0], [1, 0, 0]]))
     with pytest.raises(ValueError, match="same classes"):
         KDLoss()(torch.randn(2, 3), torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+def test_dkd_warmup_scales_with_the_run_and_can_be_set():
+    """DKD's 20-of-240-epoch warm-up is a fraction of the run: a 5-epoch run gets its full term at once."""
+    from distill.config import TrainConfig
+    from distill.engine import build_train_loss
+
+    student, teacher = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    short = build_train_loss(TrainConfig(kd_loss="dkd", epochs=5), student, teacher)
+    assert short.warmup_epochs == pytest.approx(5 / 12)
+    short.set_epoch(0)
+    assert short.kd_scale == 1.0
+    assert build_train_loss(TrainConfig(kd_loss="dkd", epochs=600), student, teacher).warmup_epochs == 20.0
+    assert build_train_loss(TrainConfig(kd_loss="dkd", epochs=5, kd_warmup_epochs=2), student, teacher).warmup_epochs == 2
+    assert build_train_loss(TrainConfig(kd_loss="kd", epochs=5), student, teacher).warmup_epochs == 0
+    assert build_train_loss(TrainConfig(kd_loss="kd", epochs=5, kd_warmup_epochs=3), student, teacher).warmup_epochs == 3
+    with pytest.raises(Exception, match="kd-warmup-epochs"):
+        TrainConfig(kd_warmup_epochs=-1)
