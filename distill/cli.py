@@ -189,7 +189,7 @@ def _eval(args: argparse.Namespace) -> int:
         console.print(f"images: {test_selection(run_cfg)['how']}", soft_wrap=True)
     else:
         data = load_dataset(args.data or (run_cfg.data if run_cfg else "cifar10"), download=True,
-                            progress=decode_progress())
+                            image_size=run_cfg.image_size if run_cfg else 32, progress=decode_progress())
         if args.test_subset:
             data = data.subset(test=args.test_subset)
     num_classes = int(ckpt["arch"].get("num_classes", -1))

@@ -104,6 +104,9 @@ def _kd_args(kd: argparse._ArgumentGroup) -> None:
 def _data_args(data: argparse._ArgumentGroup) -> None:
     data.add_argument("--data", default=S, help="cifar10, cifar100, an ImageFolder tree, a cifar-10-batches-py "
                       "folder or a .tar.gz of an ImageFolder tree" + _default("data"))
+    data.add_argument("--image-size", type=int, default=S, metavar="PX",
+                      help="side in pixels every image is resized to when decoded; larger images are shrunk "
+                           "(logged), so raise it for ImageFolder data bigger than CIFAR" + _default("image_size"))
     data.add_argument("--train-subset", type=int, default=S, help="use this many training images (class-balanced)")
     data.add_argument("--test-subset", type=int, default=S, help="use this many test images")
     data.add_argument("--val-split", type=int, default=S, help="carve this many validation images out of train")

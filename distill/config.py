@@ -30,8 +30,8 @@ class ConfigError(UserError):
     """An invalid combination of training settings."""
 
 
-# Pixels: every dataset is decoded to 32x32 images (distill.data.load_dataset's image_size).
-MAX_IMAGE_SIDE = 32
+# Pixels: every dataset is decoded to image_size x image_size images (distill.data.load_dataset's image_size).
+MAX_IMAGE_SIDE = 1024
 
 
 def _flag(name: str) -> str:
@@ -52,15 +52,19 @@ def _check_numbers(cfg: Any) -> None:
             if whole and v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
                 raise ConfigError(f"{_flag(f.name)} must be a whole number, got {v!r}")
     # With padding p < side, every random crop still shows part of the image; cutout can at most cover it.
-    if cfg.crop_padding >= MAX_IMAGE_SIDE:
+    if not 8 <= cfg.image_size <= MAX_IMAGE_SIDE:
+        raise ConfigError(f"--image-size {cfg.image_size} is not a usable image side; use 8..{MAX_IMAGE_SIDE} pixels "
+                          "(32 for CIFAR-style data)")
+    side = cfg.image_size
+    if cfg.crop_padding >= side:
         raise ConfigError(
-            f"--crop-padding {cfg.crop_padding} is not smaller than the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} images; "
-            f"use 0..{MAX_IMAGE_SIDE - 1} pixels (4 is usual)"
+            f"--crop-padding {cfg.crop_padding} is not smaller than the {side}x{side} images; "
+            f"use 0..{side - 1} pixels (4 is usual)"
         )
-    if cfg.cutout > MAX_IMAGE_SIDE:
+    if cfg.cutout > side:
         raise ConfigError(
-            f"--cutout {cfg.cutout} is larger than the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} images; "
-            f"use 0..{MAX_IMAGE_SIDE} pixels (8 to 16 is usual)"
+            f"--cutout {cfg.cutout} is larger than the {side}x{side} images; "
+            f"use 0..{side} pixels (8 to 16 is usual)"
         )
 
 
@@ -103,6 +107,7 @@ class TrainConfig:
     teacher_epochs: int | None = None  # epochs of a teacher `distill run` trains itself; None: --epochs
     teacher_lr: float | None = None  # peak lr of a teacher `distill run` trains itself; None: its recipe's
     data: str = "cifar10"
+    image_size: int = 32  # pixels, square: every image is resized to this side when decoded (32: CIFAR-style)
     train_subset: int | None = None  # images; None = all
     test_subset: int | None = None  # images; None = all
     val_split: int = 0  # images carved from train for validation (then "test" metrics are validation metrics)

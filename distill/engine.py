@@ -398,8 +398,8 @@ def build_train_loss(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | No
         # (distill.sweep) builds several students' losses in a row and must match their separate runs.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            return build_feature_kd(cfg.kd_loss, model, teacher, feat_weight=cfg.feat_weight,
-                                    logit_loss=logit_loss)
+            return build_feature_kd(cfg.kd_loss, model, teacher, feat_weight=cfg.feat_weight, logit_loss=logit_loss,
+                                    input_size=(3, cfg.image_size, cfg.image_size))
     return logit_loss
 
 

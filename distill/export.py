@@ -83,7 +83,8 @@ def load_exportable(path: str | Path) -> Exportable:
     ckpt_path = find_checkpoint(path)
     model, ckpt = teachers.load_model(ckpt_path)
     arch = ckpt["arch"]
-    side = int(arch.get("input_size") or 32)
+    recorded = ckpt.get("meta", {}).get("config") or {}
+    side = int(arch.get("input_size") or (recorded.get("image_size") if isinstance(recorded, dict) else None) or 32)
     if arch.get("family") == "timm" and arch.get("mode") == "upsample":
         model = nn.Sequential(teachers.InputAdapter(resize_to=int(arch.get("resize_to") or 224)), model)
     return Exportable(model.cpu().eval(), (3, side, side), str(arch.get("spec") or arch.get("name") or "model"))

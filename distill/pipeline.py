@@ -58,7 +58,7 @@ ProgressFn = Callable[[int, int], None]
 
 def load_data(cfg: TrainConfig, progress: ProgressFn | None = None) -> ImageDataset:
     """The run's data: decoded (or cached), optionally subset, optionally with a validation split."""
-    data = load_dataset(cfg.data, download=True, progress=progress)
+    data = load_dataset(cfg.data, image_size=cfg.image_size, download=True, progress=progress)
     if cfg.train_subset or cfg.test_subset:
         data = data.subset(train=cfg.train_subset, test=cfg.test_subset, seed=cfg.seed)
     if cfg.val_split:

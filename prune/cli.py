@@ -51,7 +51,6 @@ def _import_runtime() -> None:
 
 PRUNED_CKPT = "pruned.pt"
 BN_CALIBRATION_BATCHES = 50
-INPUT_SIZE = (3, 32, 32)
 DEFAULT_ROUND_TO = 8  # benchmarks/prune_speed.py: odd widths train ~1.9x slower per image on CPU, crash oneDNN
 
 
@@ -223,7 +222,8 @@ class _PruneProgress:
         self.progress.stop()
 
 
-def _run_pruning(args: argparse.Namespace, kind: str, target: float, model: torch.nn.Module, calib) -> PruneResult:
+def _run_pruning(args: argparse.Namespace, kind: str, target: float, model: torch.nn.Module, calib,
+                 input_size: tuple[int, int, int]) -> PruneResult:
     """Prune ``model`` in place as the flags ask, with progress; library errors reworded as flags."""
     names = _flag_names(args, kind)
 
@@ -236,7 +236,7 @@ def _run_pruning(args: argparse.Namespace, kind: str, target: float, model: torc
                                  iterative_steps=args.iterative_steps, round_to=args.round_to,
                                  max_layer_ratio=args.max_layer_ratio)
         with _PruneProgress() as progress:
-            return prune_to_target(model, kind, target, settings, input_size=INPUT_SIZE, grad_fn=grad_fn,
+            return prune_to_target(model, kind, target, settings, input_size=input_size, grad_fn=grad_fn,
                                    progress=progress)
     except PruneError as err:
         raise UserError(err.render(names)) from None
@@ -268,8 +268,9 @@ def _prune(args: argparse.Namespace) -> int:
     if (out / CONFIG_FILE).exists() or (out / PRUNE_RECORD).exists():
         raise UserError(f"{out} already holds a run; continue it with prune --resume {out} or choose another --out")
     cfg = _finetune_config(args, source_cfg, ckpt_path, model, out)
+    input_size = (3, cfg.image_size, cfg.image_size)
     if kind != "ratio":
-        current = students.count_params(model) if kind == "params" else students.count_macs(model, INPUT_SIZE)
+        current = students.count_params(model) if kind == "params" else students.count_macs(model, input_size)
         if target >= current:
             raise UserError(f"--target-{kind} {format_count(target)} is not below the source's {current:,} {kind}; "
                             "choose a smaller target")
@@ -290,15 +291,15 @@ def _prune(args: argparse.Namespace) -> int:
         console.print(f"after {args.sparse_epochs} sparsity epochs: top-1 {top1['before']:.2f}% "
                       f"(was {top1_before_sparse:.2f}%)")
 
-    cost_before = students.cost_report(model)
+    cost_before = students.cost_report(model, input_size)
     torch.manual_seed(cfg.seed)
-    result = _run_pruning(args, kind, target, model, next(iter(train_loader)))
+    result = _run_pruning(args, kind, target, model, next(iter(train_loader)), input_size)
     model.eval()
     top1["after_prune"] = evaluate(model, test_loader, device=device)["top1"]
     train_loader.set_epoch(0)
     recalibrate_bn(model, (x for i, (x, _) in enumerate(train_loader) if i < BN_CALIBRATION_BATCHES))
     top1["after_bn_recalibration"] = evaluate(model, test_loader, device=device)["top1"]
-    cost_after = students.cost_report(model)
+    cost_after = students.cost_report(model, input_size)
     _report(args, kind, target, result, cost_before, cost_after, top1, model)
     record = _record(args, ckpt_path, kind, target, result, cost_before, cost_after, top1, prune_only)
     if not prune_only:  # prune --resume starts fine-tuning from these when a kill came before it began

@@ -30,14 +30,18 @@ _LAZY = {
         "checkpoint",
     ),
     **dict.fromkeys(
-        ("MAX_STUDENT_PARAMS", "CostError", "CostReport", "StageCost", "cost_report", "count_macs",
-         "spec_num_params"),
+        ("CostReport", "StageCost", "cost_report", "count_macs"),
         "cost",
     ),
+    # torch-free, but loaded lazily like the rest so `import students` stays minimal
+    **dict.fromkeys(("MAX_STUDENT_PARAMS", "CostError", "check_spec_cost", "spec_num_macs", "spec_num_params"),
+                    "analytic"),
     **dict.fromkeys(("CIFAR10_MEAN", "CIFAR10_STD", "BasicBlock", "CifarResNet"), "model"),
-    **dict.fromkeys(("PRESETS", "BudgetError", "Preset", "count_params", "create", "register", "resolve"), "registry"),
+    **dict.fromkeys(("PRESETS", "Preset"), "presets"),
+    **dict.fromkeys(("BudgetError", "count_params", "create", "register", "resolve"), "registry"),
 }
-_SUBMODULES = ("checkpoint", "cli", "common", "console", "cost", "errors", "model", "registry", "sizes", "spec")
+_SUBMODULES = ("analytic", "checkpoint", "cli", "common", "console", "cost", "errors", "model", "presets", "registry",
+               "sizes", "spec")
 
 __all__ = [
     "BasicBlock", "BudgetError", "CHECKPOINT_FORMAT", "CIFAR10_MEAN", "CIFAR10_STD", "CheckpointError",
@@ -47,7 +51,7 @@ __all__ = [
     "resolve", "save_checkpoint", "student_arch", "suggest",
     # integrity, safe writes and cost limits
     "CostError", "MAX_STUDENT_PARAMS", "WriteError", "atomic_write_bytes", "atomic_write_text", "content_digest",
-    "load_state_into", "spec_num_params",
+    "load_state_into", "spec_num_params", "spec_num_macs", "check_spec_cost",
 ]
 
 

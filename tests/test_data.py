@@ -194,6 +194,34 @@ def test_modes_and_sizes_are_converted_to_rgb_squares(tmp_path: Path) -> None:
     assert ds.test_images[0, :, 0, 0].tolist() == [10, 20, 30]
 
 
+def test_resizing_is_logged_and_image_size_keeps_pixels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Images bigger than --image-size are shrunk with one warning naming their size; a larger side keeps them."""
+    root = _solid_tree(tmp_path / "tree", size=48)
+    with caplog.at_level(logging.WARNING, logger="distill"):
+        small = load_dataset(root, cache_dir=tmp_path / "cache")
+    assert small.image_size == 32
+    assert any("resized 8 of 8 images to 32x32 px (from 48x48 (8))" in r.getMessage() and "--image-size" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="distill"):
+        full = load_dataset(root, image_size=48, cache_dir=tmp_path / "cache")
+    assert full.train_images.shape[-2:] == (48, 48) and not [r for r in caplog.records if "resized" in r.getMessage()]
+
+
+def test_image_size_flag_reaches_the_data_and_is_checked(tmp_path: Path) -> None:
+    from distill.config import ConfigError, TrainConfig
+    from distill.pipeline import load_data
+
+    root = _solid_tree(tmp_path / "tree", size=48)
+    cfg = TrainConfig(data=str(root), image_size=40, crop_padding=4)
+    assert load_data(cfg).train_images.shape[-2:] == (40, 40)
+    with pytest.raises(ConfigError, match="--image-size 4 "):
+        TrainConfig(image_size=4)
+    with pytest.raises(ConfigError, match="--crop-padding 20 is not smaller than the 16x16 images"):
+        TrainConfig(image_size=16, crop_padding=20)
+    assert TrainConfig(image_size=64, crop_padding=40).crop_padding == 40  # the bound follows the image side
+
+
 def test_unreadable_images_are_named_in_the_error(tmp_path: Path) -> None:
     root = _solid_tree(tmp_path / "tree")
     (root / "train" / "a" / "broken.jpg").write_bytes(b"this is not a JPEG")

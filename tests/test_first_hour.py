@@ -42,6 +42,7 @@ def _imported(*code: str) -> set[str]:
         ["-m", "distill", "compare", "--help"],
         ["-m", "students", "--help"],
         ["-m", "students", "show", "--help"],
+        ["-m", "students", "list"],
         ["-m", "prune", "--help"],
         ["-c", "import students, distill, prune"],
     ],

@@ -44,6 +44,20 @@ def test_parameter_count_from_the_spec_follows_pruned_widths() -> None:
     assert students.spec_num_params(pruned.spec, 10, widths=pruned.widths) == students.count_params(pruned)
 
 
+@pytest.mark.parametrize("name", sorted(PRESET_PARAMS) + ["r2_12_c8-16_k3_s5_mp", "r6_111111", "r1_1_c4"])
+@pytest.mark.parametrize("num_classes,side", [(10, 32), (100, 40), (0, 17)])
+def test_mac_count_from_the_spec_matches_fvcore(name: str, num_classes: int, side: int) -> None:
+    """``spec_num_macs`` (what ``students list`` shows, no torch) equals fvcore's count of the built model."""
+    model = students.create(name, num_classes=num_classes)
+    expected = students.count_macs(model, (3, side, side))
+    assert students.spec_num_macs(model.spec, num_classes, input_size=side) == expected
+
+
+def test_mac_count_from_the_spec_follows_pruned_widths() -> None:
+    pruned = _prune_like(students.create("r2_12_c8-16"))
+    assert students.spec_num_macs(pruned.spec, 10, widths=pruned.widths) == students.count_macs(pruned)
+
+
 def test_r4_3323_is_seed000() -> None:
     assert students.PRESETS["seed000"].spec == "r4_3323"
     assert students.count_params(students.create("r4_3323")) == 4_935_242

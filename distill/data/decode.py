@@ -48,7 +48,8 @@ ImageRef = str | bytes  # a file path, or the encoded bytes of a member read fro
 NamedImages = list[tuple[str, ImageRef]]  # (name shown in errors, image), sorted by name
 ImageTree = Mapping[str, Mapping[str, NamedImages]]  # split -> class -> images
 
-ChunkResult = tuple[np.ndarray, list[tuple[int, str]]]  # decoded chunk, and (index in chunk, reason) failures
+# A decoded chunk, its (index in chunk, reason) failures, and how many images of each (width, height) it resized.
+ChunkResult = tuple[np.ndarray, list[tuple[int, str]], dict[tuple[int, int], int]]
 
 
 def is_image_name(name: str) -> bool:
@@ -147,30 +148,35 @@ def _check_tree(tree: ImageTree, where: str) -> tuple[list[str], str]:
     return classes, eval_split
 
 
-def _decode_one(ref: ImageRef, image_size: int) -> np.ndarray:
-    """One image as ``image_size x image_size x 3`` uint8 RGB."""
+def _decode_one(ref: ImageRef, image_size: int) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """One image as ``image_size x image_size x 3`` uint8 RGB, and its original (width, height) if resized."""
     from PIL import Image  # imported here so worker processes pay for it only when decoding
 
     with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as image:
         if image.mode in ("P", "PA"):
             image = image.convert("RGBA")  # palette transparency would otherwise warn on the RGB conversion
         rgb = image.convert("RGB")  # grey, CMYK, RGBA (alpha dropped), ... -> RGB
-        if rgb.size != (image_size, image_size):
+        original = None if rgb.size == (image_size, image_size) else rgb.size
+        if original is not None:
             # Pillow's bilinear filter widens its support when shrinking, so this is antialiased.
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.asarray(rgb, dtype=np.uint8), original
 
 
 def _decode_chunk(refs: Sequence[ImageRef], image_size: int) -> ChunkResult:
     """Decode a chunk in a worker; failures come back as ``(index in chunk, reason)`` instead of raising."""
     out = np.zeros((len(refs), image_size, image_size, 3), dtype=np.uint8)
     failures: list[tuple[int, str]] = []
+    resized: dict[tuple[int, int], int] = {}  # original (width, height) -> images
     for i, ref in enumerate(refs):
         try:
-            out[i] = _decode_one(ref, image_size)
+            out[i], original = _decode_one(ref, image_size)
         except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... for bad files
             failures.append((i, f"{type(error).__name__}: {error}".replace("\n", " ")))
-    return out, failures
+            continue
+        if original is not None:
+            resized[original] = resized.get(original, 0) + 1
+    return out, failures, resized
 
 
 def _available_cpus() -> int:
@@ -193,16 +199,32 @@ def decode_images(
     failures: list[tuple[int, str]] = []
     started = time.perf_counter()
     done = 0
-    for start, (images, chunk_failures) in _decoded_chunks(refs, image_size):
+    resized: dict[tuple[int, int], int] = {}
+    for start, (images, chunk_failures, chunk_resized) in _decoded_chunks(refs, image_size):
         out[start : start + len(images)] = images
         failures.extend((start + i, reason) for i, reason in chunk_failures)
+        for size, count in chunk_resized.items():
+            resized[size] = resized.get(size, 0) + count
         done += len(images)
         if progress is not None:
             progress(done, total)
     _logger.info("decoded %d images in %.1f s", total, time.perf_counter() - started)
+    if resized:
+        _log_resized(resized, total, image_size)
     if failures:
         _raise_decode_failures(named, failures, container)
     return out
+
+
+def _log_resized(resized: dict[tuple[int, int], int], total: int, image_size: int) -> None:
+    """One line saying how many images were resized from which sizes: a shrink is never silent."""
+    count = sum(resized.values())
+    common = sorted(resized.items(), key=lambda kv: -kv[1])[:3]
+    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in common) + (" ..." if len(resized) > 3 else "")
+    larger = any(w > image_size or h > image_size for w, h in resized)
+    hint = "; pass --image-size to keep more pixels" if larger else ""
+    _logger.warning("resized %d of %d images to %dx%d px (from %s)%s", count, total, image_size, image_size, sizes,
+                    hint)
 
 
 def _decoded_chunks(refs: Sequence[ImageRef], image_size: int) -> Iterator[tuple[int, ChunkResult]]:
