@@ -7,6 +7,7 @@ Precedence of settings, lowest first: TrainConfig's defaults, ``--config FILE``,
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     if kind in ("run", "teacher"):
         p.add_argument("--config", default=S, metavar="FILE",
                        help="settings from a .json/.yaml file, e.g. a run's config.json; flags override it")
+    first = len(p._actions)
     _model_args(p.add_argument_group("models"), kind)
     if kind in ("run", "prune"):
         _kd_args(p.add_argument_group("distillation"))
@@ -55,6 +57,13 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
     _optim_args(p.add_argument_group("optimisation"))
     _augment_args(p.add_argument_group("augmentation"))
     _run_args(p.add_argument_group("run"))
+    if kind == "prune":  # fine-tuning starts from the source run's settings, not from TrainConfig's defaults
+        for action in p._actions[first:]:
+            if action.help:
+                action.help = re.sub(r"\(default: [^()]*\)", "(default: the source run's)", action.help)
+                action.help = re.sub(r"^default: .*$", "default: the source run's", action.help)
+            if action.dest == "epochs":
+                action.help = "the same as --finetune-epochs (default: the source run's epochs; 0 prunes only)"
     if kind in ("run", "teacher"):
         p.add_argument("--dry-run", action="store_true",
                        help="print the plan (device, data, teacher source, sizes, time estimate) and exit; "
