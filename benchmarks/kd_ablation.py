@@ -88,7 +88,10 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
                   (f"KD {sched} {first}ep, teacher LS 0.1", sched, first, "teacher-ls0.1", kd)]
     # The other logit losses at their published defaults (DKD's warm-up scaled to the run), and mixing.
     cells += [(f"DKD onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0", ["--kd-loss", "dkd"]),
-              (f"DIST onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0", ["--kd-loss", "dist"])]
+              (f"DIST onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0", ["--kd-loss", "dist"]),
+              # beyond logits: KD plus attention transfer (Zagoruyko & Komodakis) at its default weight
+              (f"KD+AT onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0",
+               ["--kd-loss", "kd+at", "--temperature", "4", "--kd-weight", "0.9"])]
     for epochs in scale.epochs[1:]:
         cells += [(f"ref onecycle {epochs}ep", "onecycle", epochs, None, []),
                   (f"KD onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0", kd)]
@@ -145,9 +148,9 @@ def run_job(job: Job, work: Path, threads: int) -> dict:
     return summary
 
 
-def execute(jobs: list[Job], work: Path, parallel: int) -> None:
+def execute(jobs: list[Job], work: Path, parallel: int, threads: int | None = None) -> None:
     """Run the jobs ``parallel`` at a time, each once its teachers are done, in the planned order."""
-    threads = max(1, (os.cpu_count() or 2) // parallel)
+    threads = threads or max(1, (os.cpu_count() or 2) // parallel)
     pending, done, running = list(jobs), set(), {}
     with ThreadPoolExecutor(parallel) as pool:
         while pending or running:
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per run (default: cores / --jobs); 1 when other jobs share the machine")
     parser.add_argument("--only", default="",
                         help="comma-separated run names to run, in this order (the table still shows every finished run)")
     parser.add_argument("--table-only", action="store_true",
@@ -224,12 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(scale, args.data, work, seeds, args.device)
     if args.only:
         only = tuple(n.strip() for n in args.only.split(",") if n.strip())
-        execute(plan(scale, args.data, work, seeds, args.device, only), work, args.jobs)
+        execute(plan(scale, args.data, work, seeds, args.device, only), work, args.jobs, args.threads)
     if args.table_only or args.only:
         for job in jobs:
             job.summary = finished_summary(work / job.name) or {}
     else:
-        execute(jobs, work, args.jobs)
+        execute(jobs, work, args.jobs, args.threads)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
     device = next((j.summary["device"] for j in jobs if "device" in j.summary), args.device)
     header = [f"### KD ablation, {args.scale} scale ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "

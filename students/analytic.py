@@ -23,36 +23,44 @@ class CostError(UserError):
     """A student spec whose size is beyond what we agree to build (see :data:`MAX_STUDENT_PARAMS`)."""
 
 
+def _convs(spec: StudentSpec, in_chans: int, input_size: int, widths: Mapping[str, int] | None):
+    """Every convolution (each followed by a BatchNorm) of ``CifarResNet(spec, widths=widths)`` in order, as
+    ``(cin, cout, kernel, output side)``; the last item is ``(channels, side)`` of the final feature map.
+
+    Mirrors the model's construction: a 3x3 stem (then an optional stride-2 max-pool), per block two kxk
+    convolutions (the first strided at a stage's start) and a projection shortcut where the nominal stride or
+    width changes. ``widths`` (a pruned model's) overrides each convolution's output channels by name.
+    """
+    widths = dict(widths or {})
+    stem = widths.get("stem.conv", spec.stem_channels)
+    yield in_chans, stem, 3, input_size
+    side = (input_size + 2 - 3) // 2 + 1 if spec.stem_pool else input_size
+    nominal_in, actual_in = spec.stem_channels, stem
+    for i, (n_blocks, chs, kernel) in enumerate(zip(spec.blocks, spec.stage_channels, spec.stage_kernels)):
+        for j in range(n_blocks):
+            stride = 2 if (i > 0 and j == 0) else 1
+            mid = widths.get(f"stages.{i}.{j}.conv1", chs)
+            out = widths.get(f"stages.{i}.{j}.conv2", chs)
+            out_side = (side + 2 * (kernel // 2) - kernel) // stride + 1
+            yield actual_in, mid, kernel, out_side
+            yield mid, out, kernel, out_side
+            if stride != 1 or nominal_in != chs:
+                yield actual_in, out, spec.skip_kernel, out_side  # skip_kernel // 2 padding keeps the side
+            nominal_in, actual_in, side = chs, out, out_side
+    yield actual_in, side
+
+
 def spec_num_params(
     spec: StudentSpec, num_classes: int = 10, *, in_chans: int = 3, widths: Mapping[str, int] | None = None
 ) -> int:
     """Parameters of ``CifarResNet(spec, num_classes, in_chans, widths=widths)``, counted without building it.
 
-    Mirrors the model's construction (bias-free convolutions, BatchNorm weight and bias, a projection
-    shortcut where the nominal stride or width changes, a biased linear head) with Python integers, so a
-    spec with a billion-parameter typo costs microseconds instead of gigabytes.
+    Bias-free convolutions, BatchNorm weight and bias, a biased linear head, counted with Python integers
+    (:func:`_convs`), so a spec with a billion-parameter typo costs microseconds instead of gigabytes.
     """
-    widths = dict(widths or {})
-
-    def conv_bn(cin: int, cout: int, kernel: int) -> int:
-        return cin * cout * kernel * kernel + 2 * cout
-
-    stem = widths.get("stem.conv", spec.stem_channels)
-    total = conv_bn(in_chans, stem, 3)
-    nominal_in, actual_in = spec.stem_channels, stem
-    for i, (n_blocks, chs, kernel) in enumerate(zip(spec.blocks, spec.stage_channels, spec.stage_kernels)):
-        for j in range(n_blocks):
-            stride = 2 if (i > 0 and j == 0) else 1
-            name = f"stages.{i}.{j}"
-            mid = widths.get(f"{name}.conv1", chs)
-            out = widths.get(f"{name}.conv2", chs)
-            total += conv_bn(actual_in, mid, kernel) + conv_bn(mid, out, kernel)
-            if stride != 1 or nominal_in != chs:
-                total += conv_bn(actual_in, out, spec.skip_kernel)
-            nominal_in, actual_in = chs, out
-    if num_classes > 0:
-        total += actual_in * num_classes + num_classes
-    return total
+    *convs, (features, _) = _convs(spec, in_chans, 32, widths)
+    total = sum(cin * cout * k * k + 2 * cout for cin, cout, k, _ in convs)
+    return total + (features * num_classes + num_classes if num_classes > 0 else 0)
 
 
 def check_spec_cost(
@@ -87,29 +95,6 @@ def spec_num_macs(
     an (eval-mode, affine) BatchNorm 2 per output element, the global average pool 1 per input element, the
     linear head ``in * out``; ReLU, the residual add and the stem's max-pool are not counted.
     """
-    widths = dict(widths or {})
-
-    def conv_bn(cin: int, cout: int, kernel: int, stride: int, side: int) -> tuple[int, int]:
-        out = (side + 2 * (kernel // 2) - kernel) // stride + 1
-        return cin * cout * kernel * kernel * out * out + 2 * cout * out * out, out
-
-    stem = widths.get("stem.conv", spec.stem_channels)
-    total, side = conv_bn(in_chans, stem, 3, 1, input_size)
-    if spec.stem_pool:
-        side = (side + 2 - 3) // 2 + 1
-    nominal_in, actual_in = spec.stem_channels, stem
-    for i, (n_blocks, chs, kernel) in enumerate(zip(spec.blocks, spec.stage_channels, spec.stage_kernels)):
-        for j in range(n_blocks):
-            stride = 2 if (i > 0 and j == 0) else 1
-            name = f"stages.{i}.{j}"
-            mid = widths.get(f"{name}.conv1", chs)
-            out = widths.get(f"{name}.conv2", chs)
-            first, out_side = conv_bn(actual_in, mid, kernel, stride, side)
-            total += first + conv_bn(mid, out, kernel, 1, out_side)[0]
-            if stride != 1 or nominal_in != chs:
-                total += conv_bn(actual_in, out, spec.skip_kernel, stride, side)[0]
-            nominal_in, actual_in, side = chs, out, out_side
-    total += actual_in * side * side  # global average pool
-    if num_classes > 0:
-        total += actual_in * num_classes
-    return total
+    *convs, (features, side) = _convs(spec, in_chans, input_size, widths)
+    total = sum((cin * k * k + 2) * cout * out * out for cin, cout, k, out in convs)
+    return total + features * side * side + (features * num_classes if num_classes > 0 else 0)
