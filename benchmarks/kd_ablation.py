@@ -188,20 +188,25 @@ def table(jobs: list[Job], scale: Scale) -> list[str]:
     for job in jobs:
         if job.cell and "top1_last" in job.summary:
             by_cell.setdefault(job.cell, []).append(job)
-    lines = ["| cell | top-1 per seed (%) | mean ± half-range | gain over reference (points, per seed) | mean gain |",
-             "|---|---|---|---|---|"]
+    lines = ["| cell | top-1 per seed (%) | mean ± half-range | gain over reference (points, per seed) | mean gain "
+             "| vs KD (points, mean) |", "|---|---|---|---|---|---|"]
     teachers = [j for j in jobs if j.cell is None]
     for cell, runs in by_cell.items():
         top1 = [r.summary["top1_last"] for r in runs]
         ref_cell = "ref " + " ".join(cell.split(",")[0].split()[1:3])
         refs = {r.seed: r.summary["top1_last"] for r in by_cell.get(ref_cell, [])}
         gains = [r.summary["top1_last"] - refs[r.seed] for r in runs if r.seed in refs and not cell.startswith("ref")]
+        kd_cell = "KD " + " ".join(cell.split(",")[0].split()[1:3]) + ", teacher LS 0"
+        kds = {r.seed: r.summary["top1_last"] for r in by_cell.get(kd_cell, [])}
+        vs_kd = [r.summary["top1_last"] - kds[r.seed] for r in runs if r.seed in kds and cell != kd_cell
+                 and not cell.startswith("ref")]
         lines.append(f"| {cell} | {' / '.join(f'{v:.2f}' for v in top1)} | {_stats(top1)} | "
                      f"{' / '.join(f'{g:+.2f}' for g in gains) or '-'} | "
-                     f"{(f'{statistics.mean(gains):+.2f}' if gains else '-')} |")
+                     f"{(f'{statistics.mean(gains):+.2f}' if gains else '-')} | "
+                     f"{(f'{statistics.mean(vs_kd):+.2f} ({len(vs_kd)} seed' + 's' * (len(vs_kd) > 1) + ')' if vs_kd else '-')} |")
     for t in teachers:
         if "top1_last" in t.summary:
-            lines.append(f"| teacher {scale.teacher}, {t.name} | {t.summary['top1_last']:.2f} | | | |")
+            lines.append(f"| teacher {scale.teacher}, {t.name} | {t.summary['top1_last']:.2f} | | | | |")
     return lines
 
 
