@@ -105,18 +105,31 @@ def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict
         adapter = teachers.InputAdapter(resize_to=arch["resize_to"]) if arch.get("resize_to") else None
         return model, arch, adapter
     if cfg.init_ckpt:
-        model, _ = students.load_checkpoint(cfg.init_ckpt)
-        if model.num_classes != data.num_classes:
-            raise UserError(f"{cfg.init_ckpt} has {model.num_classes} classes but the data has {data.num_classes}")
-    else:
-        model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
+        return _load_init(cfg.init_ckpt, data)
+    model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
     return model, students.student_arch(model), None
+
+
+def _load_init(path: str, data: ImageDataset) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
+    """A run's starting model from ``init_ckpt``: a (pruned) student, or a (pruned) timm model with the input
+    adapter its mode needs, and the architecture its checkpoints record."""
+    model, ckpt = teachers.load_model(path)  # safe and strict: weights_only, content hash, recorded widths
+    arch = ckpt["arch"]
+    num_classes = int(arch.get("num_classes", -1))
+    if num_classes != data.num_classes:
+        raise UserError(f"{path} has {num_classes} classes but the data has {data.num_classes}")
+    if arch.get("family") == "student":
+        return model, students.student_arch(model), None
+    adapter = teachers.InputAdapter(resize_to=arch["resize_to"]) if arch.get("resize_to") else None
+    return model, dict(arch), adapter
 
 
 def check_names(cfg: TrainConfig) -> None:
     """Fail fast, before any data is decoded, on a malformed student or an unknown teacher name."""
-    if cfg.kind == "run":
+    if cfg.kind == "run" and not (cfg.init_ckpt and not teachers.is_student_name(cfg.student)):
         students.resolve(cfg.student)
+    elif cfg.kind == "run":  # a timm model fine-tuned from its (pruned) checkpoint, e.g. by prune
+        teachers.default_mode(cfg.student)
     if cfg.teacher:
         teachers.default_mode(cfg.teacher)  # raises TeacherError with close matches for unknown names
 

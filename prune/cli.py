@@ -1,4 +1,4 @@
-"""``prune``: structured channel pruning of a trained student to an exact budget, then KD fine-tuning.
+"""``prune``: structured channel pruning of a trained student or timm CNN to an exact budget, then KD fine-tuning.
 
     prune runs/run-r4_3323 --target-params 2.5M --finetune-epochs 30 --out runs/pruned
     prune runs/run-r4_3323/best.pt --target-macs 250M --importance taylor --global --round-to 8
@@ -37,6 +37,7 @@ def _import_runtime() -> None:
     from rich.table import Table
 
     import students
+    import teachers
     from distill.config import TrainConfig
     from distill.data import DeviceLoader
     from distill.device import resolve_device
@@ -59,9 +60,11 @@ def _rank() -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="prune", description="Prune a trained student's channels to an exact budget.")
+    p = ArgumentParser(prog="prune", description="Prune a trained student's (or timm CNN's) channels to an exact "
+                                                 "budget.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and full warnings")
-    p.add_argument("source", nargs="?", help="a run directory (its best.pt) or a student checkpoint")
+    p.add_argument("source", nargs="?", help="a run directory (its best.pt) or a checkpoint: a student, or a timm CNN "
+                                             "trained by distill teacher")
     target = p.add_argument_group("target (one of)")
     target.add_argument("--target-params", help="parameter budget, e.g. 4.9M, 350k or 4900000")
     target.add_argument("--target-macs", help="MAC budget per image (fvcore count), e.g. 250M")
@@ -93,20 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_source(source: str) -> tuple[Path, students.CifarResNet, dict[str, Any], TrainConfig | None]:
-    """The source checkpoint path, its student, the checkpoint, and the run's config when there is one."""
+def _load_source(source: str) -> tuple[Path, torch.nn.Module, dict[str, Any], TrainConfig | None]:
+    """The source checkpoint path, its model (a student or a cifar-mode timm model), the checkpoint, and the
+    run's config when there is one."""
     path = Path(source)
     if not path.exists():
-        raise UserError(f"SOURCE {source} does not exist; pass a run directory or a student checkpoint")
+        raise UserError(f"SOURCE {source} does not exist; pass a run directory or a student or timm checkpoint")
     ckpt_path = find_checkpoint(path)
-    from students.checkpoint import load_file
-
-    ckpt = load_file(ckpt_path)
-    arch = ckpt.get("arch", {})
-    if arch.get("family") != "student":
-        what = arch.get("name") or arch.get("family")
-        raise UserError(f"SOURCE {ckpt_path} holds {what!r}, not a student; prune works on student checkpoints")
-    model, ckpt = students.load_checkpoint(ckpt_path)
+    model, ckpt = teachers.load_model(ckpt_path)  # refuses a family it cannot rebuild, in one line
     cfg = None
     run_cfg = ckpt_path.parent / CONFIG_FILE
     if run_cfg.exists():
@@ -114,6 +111,23 @@ def _load_source(source: str) -> tuple[Path, students.CifarResNet, dict[str, Any
     elif isinstance(ckpt.get("meta", {}).get("config"), dict):
         cfg = TrainConfig.from_dict(ckpt["meta"]["config"])
     return ckpt_path, model, ckpt, cfg
+
+
+def _model_name(arch: dict[str, Any]) -> str:
+    """The name a checkpoint's model goes by: a student's spec, a timm model's name."""
+    return str(arch.get("spec") or arch.get("name"))
+
+
+def _resize_to(arch: dict[str, Any]) -> int | None:
+    """The side an upsample-mode timm model sees (its batches are resized on the device), else None."""
+    return int(arch["resize_to"]) if arch.get("family") == "timm" and arch.get("resize_to") else None
+
+
+def _as_trained(model: torch.nn.Module, arch: dict[str, Any]) -> torch.nn.Module:
+    """``model`` as it trains and is evaluated: behind the resize of an upsample-mode timm model (sharing its
+    parameters, so pruning ``model`` in place prunes this too), else itself."""
+    side = _resize_to(arch)
+    return model if side is None else torch.nn.Sequential(teachers.InputAdapter(resize_to=side), model)
 
 
 def _target(args: argparse.Namespace) -> tuple[str, float]:
@@ -130,20 +144,21 @@ def _target(args: argparse.Namespace) -> tuple[str, float]:
 
 
 def _finetune_config(args: argparse.Namespace, source_cfg: TrainConfig | None, ckpt_path: Path,
-                     model: students.CifarResNet, out: Path) -> TrainConfig:
+                     arch: dict[str, Any], out: Path) -> TrainConfig:
     """Fine-tuning settings: the source run's, then the flags given here; the teacher is the source's,
-    or the unpruned student itself when the source had none."""
+    or the unpruned model itself (student or timm) when the source had none."""
     base = source_cfg.to_dict() if source_cfg is not None else {}
     for key in ("recipe", "max_params", "teacher_top1", "init_ckpt"):
         base.pop(key, None)
     given = {k: v for k, v in vars(args).items() if k not in NON_CONFIG and k not in _PRUNE_ONLY}
-    settings = {**base, **given, "kind": "run", "student": model.spec_name, "init_ckpt": str(out / PRUNED_CKPT)}
+    name = _model_name(arch)
+    settings = {**base, **given, "kind": "run", "student": name, "init_ckpt": str(out / PRUNED_CKPT)}
     # A source distilled from a teacher (`distill run --teacher`) keeps that teacher. Any other source (a
     # `distill teacher` run, a run without a teacher, a bare checkpoint) has no teacher of its own: the unpruned
     # model itself teaches its pruned copy. prune never trains a teacher, so never writes the teacher store.
     had_teacher = source_cfg is not None and source_cfg.uses_teacher
     if "teacher" not in given and not had_teacher:
-        settings.update(teacher=model.spec_name, teacher_ckpt=str(ckpt_path.resolve()), teacher_mode=None,
+        settings.update(teacher=name, teacher_ckpt=str(ckpt_path.resolve()), teacher_mode=arch.get("mode"),
                         teacher_pretrained=False, teacher_weights=None)
     elif "teacher" not in given and not settings.get("teacher_ckpt"):
         settings["teacher_ckpt"] = _source_teacher_ckpt(ckpt_path)  # None: looked up in the store, read-only
@@ -245,7 +260,7 @@ def _run_pruning(args: argparse.Namespace, kind: str, target: float, model: torc
 def _check_args(args: argparse.Namespace) -> tuple[str, float]:
     """Everything that can be refused before the source is read (nothing is written before this passes)."""
     if not args.source:
-        raise UserError("pass SOURCE (a run directory or student checkpoint), or --resume RUN_DIR")
+        raise UserError("pass SOURCE (a run directory, or a student or timm checkpoint), or --resume RUN_DIR")
     kind, target = _target(args)
     try:
         PruneSettings(importance=args.importance, global_pruning=args.global_pruning,
@@ -264,11 +279,13 @@ def _prune(args: argparse.Namespace) -> int:
     if prune_only:
         del args.epochs  # the source's settings still choose the data and the seed
     ckpt_path, model, ckpt, source_cfg = _load_source(args.source)
-    out = Path(args.out) if args.out else Path("runs") / f"pruned-{model.spec_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = _model_name(ckpt["arch"])
+    out = Path(args.out) if args.out else Path("runs") / f"pruned-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (out / CONFIG_FILE).exists() or (out / PRUNE_RECORD).exists():
         raise UserError(f"{out} already holds a run; continue it with prune --resume {out} or choose another --out")
-    cfg = _finetune_config(args, source_cfg, ckpt_path, model, out)
-    input_size = (3, cfg.image_size, cfg.image_size)
+    arch = ckpt["arch"]
+    cfg = _finetune_config(args, source_cfg, ckpt_path, arch, out)
+    input_size = (3, _resize_to(arch) or cfg.image_size, _resize_to(arch) or cfg.image_size)  # what the model sees
     if kind != "ratio":
         current = students.count_params(model) if kind == "params" else students.count_macs(model, input_size)
         if target >= current:
@@ -282,31 +299,33 @@ def _prune(args: argparse.Namespace) -> int:
     train_loader = DeviceLoader(data.train_images, data.train_labels, batch_size=min(cfg.batch_size, 256),
                                 mean=data.mean, std=data.std, train=True, device=device, seed=cfg.seed)
     model = model.to(device)
-    top1 = {"before": evaluate(model, test_loader, device=device)["top1"]}
-    console.print(f"source {ckpt_path}: {model.spec_name}, {students.count_params(model):,} params, "
+    top1 = {"before": evaluate(_as_trained(model, arch), test_loader, device=device)["top1"]}
+    console.print(f"source {ckpt_path}: {name}, {students.count_params(model):,} params, "
                   f"top-1 {top1['before']:.2f}%")
     if args.sparse_epochs:
-        model = _sparse_stage(args, cfg, model, out, ckpt_path)
-        top1_before_sparse, top1["before"] = top1["before"], evaluate(model, test_loader, device=device)["top1"]
+        model = _sparse_stage(args, cfg, model, out, arch)
+        top1_before_sparse = top1["before"]
+        top1["before"] = evaluate(_as_trained(model, arch), test_loader, device=device)["top1"]
         console.print(f"after {args.sparse_epochs} sparsity epochs: top-1 {top1['before']:.2f}% "
                       f"(was {top1_before_sparse:.2f}%)")
 
     cost_before = students.cost_report(model, input_size)
     torch.manual_seed(cfg.seed)
-    result = _run_pruning(args, kind, target, model, next(iter(train_loader)), input_size)
+    images, labels = next(iter(train_loader))
+    with torch.no_grad():  # Taylor importance's batch, as the model sees it
+        images = _as_trained(torch.nn.Identity(), arch)(images)
+    result = _run_pruning(args, kind, target, model, (images, labels), input_size)
     model.eval()
-    top1["after_prune"] = evaluate(model, test_loader, device=device)["top1"]
-    train_loader.set_epoch(0)
-    recalibrate_bn(model, (x for i, (x, _) in enumerate(train_loader) if i < BN_CALIBRATION_BATCHES))
-    top1["after_bn_recalibration"] = evaluate(model, test_loader, device=device)["top1"]
+    top1.update(_recalibrate(_as_trained(model, arch), train_loader, test_loader, device))
     cost_after = students.cost_report(model, input_size)
-    _report(args, kind, target, result, cost_before, cost_after, top1, model)
+    _report(args, kind, target, result, cost_before, cost_after, top1, name)
     record = _record(args, ckpt_path, kind, target, result, cost_before, cost_after, top1, prune_only)
     if not prune_only:  # prune --resume starts fine-tuning from these when a kill came before it began
         record["finetune_config"] = cfg.to_dict()
+    pruned_arch = _pruned_arch(model, arch)  # before anything is written
     if _rank() == 0:  # under torchrun every rank prunes identically; rank 0 writes
         out.mkdir(parents=True, exist_ok=True)  # only now: a target that cannot be met leaves nothing behind
-        students.save_checkpoint(out / PRUNED_CKPT, model.cpu(), meta={
+        students.save_checkpoint(out / PRUNED_CKPT, model.cpu(), arch=pruned_arch, meta={
             "pruned": True, "data_mean": list(data.mean), "data_std": list(data.std),
             "classes": list(data.classes), "top1": top1["after_bn_recalibration"]})
         atomic_write_json(out / PRUNE_RECORD, record)
@@ -316,9 +335,28 @@ def _prune(args: argparse.Namespace) -> int:
     return _finetune(cfg, out, resume=False, stop_after=args.stop_after)
 
 
+def _recalibrate(net: torch.nn.Module, train_loader, test_loader, device) -> dict[str, float]:
+    """Top-1 of the pruned ``net`` right after pruning, then after recalibrating its BatchNorm statistics."""
+    top1 = {"after_prune": evaluate(net, test_loader, device=device)["top1"]}
+    train_loader.set_epoch(0)
+    recalibrate_bn(net, (x for i, (x, _) in enumerate(train_loader) if i < BN_CALIBRATION_BATCHES))
+    top1["after_bn_recalibration"] = evaluate(net, test_loader, device=device)["top1"]
+    return top1
+
+
+def _pruned_arch(model: torch.nn.Module, source_arch: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint architecture of the pruned model; a timm model whose pruning touched a layer that cannot
+    be rebuilt from recorded widths (a ViT's tokens, ConvNeXt's layer scale) is refused in one line."""
+    try:
+        return teachers.pruned_arch(model, source_arch)
+    except teachers.PrunedModelError as err:
+        raise UserError(f"{err.reason}; prune supports students and timm CNNs built of those layers, and wrote "
+                        "nothing") from None
+
+
 def _report(args, kind: str, target: float, result: PruneResult, cost_before, cost_after, top1: dict,
-            model) -> None:
-    console.print(_cost_table(f"{model.spec_name} pruned ({args.importance}, "
+            name: str) -> None:
+    console.print(_cost_table(f"{name} pruned ({args.importance}, "
                               f"{'global' if args.global_pruning else 'per-layer'}, round-to {args.round_to})",
                               cost_before, cost_after))
     if kind != "ratio":
@@ -362,12 +400,12 @@ def _record(args, ckpt_path: Path, kind: str, target: float, result: PruneResult
     }
 
 
-def _sparse_stage(args, cfg: TrainConfig, model, out: Path, ckpt_path: Path):
+def _sparse_stage(args, cfg: TrainConfig, model, out: Path, source_arch: dict[str, Any]):
     """Train with torch-pruning's sparsity regulariser before pruning, as a run of its own in out/sparse."""
     sparse_dir = out / "sparse"
     out.mkdir(parents=True, exist_ok=True)
     start = out / "source.pt"
-    students.save_checkpoint(start, model.cpu())
+    students.save_checkpoint(start, model.cpu(), arch=_pruned_arch(model, source_arch))
     sparse_cfg = cfg.replace(epochs=args.sparse_epochs, init_ckpt=str(start))
     hook_holder: dict[str, Any] = {}
 
@@ -378,7 +416,7 @@ def _sparse_stage(args, cfg: TrainConfig, model, out: Path, ckpt_path: Path):
     with RichReporter("sparse") as reporter:
         run_training(sparse_cfg, sparse_dir, resume=(sparse_dir / LAST_CKPT).exists(), reporter=reporter,
                      after_backward=make_hook, may_train_teacher=False)
-    sparse_model, _ = students.load_checkpoint(sparse_dir / LAST_CKPT)
+    sparse_model, _ = teachers.load_model(sparse_dir / LAST_CKPT)
     return sparse_model.to(resolve_device(cfg.device))
 
 
@@ -421,7 +459,7 @@ def _never_started(out: Path) -> TrainConfig:
     record = RunDir(out).prune_record(full=True) or {}
     if record.get("prune_only"):
         raise UserError(f"--resume {out}: pruned only (--finetune-epochs 0), nothing to resume; the pruned "
-                        f"student is {out / PRUNED_CKPT}")
+                        f"model is {out / PRUNED_CKPT}")
     settings = record.get("finetune_config")
     if not isinstance(settings, dict):
         raise UserError(f"--resume {out}: pruning finished but fine-tuning never started, and this {PRUNE_RECORD} "

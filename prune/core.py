@@ -6,7 +6,8 @@ channel once, bisects over the distinct plans the ratio (or, with global ranking
 removed) can produce, costing each analytically, and applies the plan that lands at or just under the
 budget. Coupled channels (a stage's residual sum, its projection shortcut) are pruned together, and the
 classifier is never pruned, so a pruned student is always one :func:`students.build_student` rebuilds from
-its recorded widths. Works on any module torch-pruning can trace (a timm model, a custom CNN).
+its recorded widths (a pruned timm CNN: :func:`teachers.pruned_arch` records them, :func:`teachers.load_model`
+rebuilds it). Works on any module torch-pruning can trace (a timm model, a custom CNN).
 """
 
 from __future__ import annotations
@@ -185,9 +186,7 @@ class _Job:
             if s.importance == "taylor" and self.grad_fn is None:
                 raise PruneError("importance='taylor' needs grad_fn, a function that takes gradients of a loss on "
                                  "one batch: grad_fn(model)")
-            self._planner = ChannelPlanner(self.model, self.example, ignored_layers=self.ignored,
-                                           round_to=s.round_to or 1, max_layer_ratio=s.max_layer_ratio,
-                                           macs_total=macs_total)
+            self._planner = _trace(self.model, self.example, self.ignored, s, macs_total)
             self.macs_start = self.planner_cost()["macs"]
         if s.importance == "taylor":
             self.model.zero_grad(set_to_none=True)
@@ -197,6 +196,19 @@ class _Job:
         finally:
             self.model.zero_grad(set_to_none=True)
         return self._planner
+
+
+def _trace(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], s: PruneSettings,
+           macs_total: int | None) -> ChannelPlanner:
+    """The dependency graph of ``model``; a model torch-pruning cannot trace (its forward fails on ``example``,
+    or the graph has an operation torch-pruning does not know) is a :class:`PruneError`, not a traceback."""
+    try:
+        return ChannelPlanner(model, example, ignored_layers=ignored, round_to=s.round_to or 1,
+                              max_layer_ratio=s.max_layer_ratio, macs_total=macs_total)
+    except Exception as err:  # noqa: BLE001 - tracing raises whatever the model's forward or torch-pruning raises
+        first = (str(err).strip().splitlines() or [""])[0][:200].replace("{", "{{").replace("}", "}}")
+        raise PruneError(f"{type(model).__name__} cannot be traced for pruning on an input of shape "
+                         f"{tuple(example.shape)} ({type(err).__name__}: {first})") from None
 
 
 def _candidates(planner: ChannelPlanner, global_pruning: bool) -> list:

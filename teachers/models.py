@@ -32,6 +32,8 @@ from students.checkpoint import CheckpointError, build_student, load_file, stude
 from students.common.errors import UserError
 from students.spec import SpecError, suggest
 
+from .pruned import PRUNED_LAYERS_KEY, narrow_layers, resized_layers
+
 __all__ = [
     "MODES",
     "TeacherError",
@@ -42,6 +44,7 @@ __all__ = [
     "is_student_name",
     "load_model",
     "load_weights",
+    "pruned_arch",
     "read_state_dict",
     "teacher_arch",
 ]
@@ -437,6 +440,34 @@ def _native_size(name: str) -> int:
     return int(size[-1])
 
 
+def pruned_arch(model: nn.Module, arch: Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture description of ``model``, a timm teacher built from ``arch`` and then pruned: ``arch``
+    plus the widths of every narrowed layer (see :mod:`teachers.pruned`), so that :func:`build_from_arch`
+    rebuilds it and :func:`load_model` loads its weights. A student gets :func:`students.student_arch`.
+
+    Raises :class:`~teachers.pruned.PrunedModelError` naming the first layer whose new shape widths cannot
+    describe (only convolutions, linear and normalisation layers can be narrowed).
+    """
+    if arch.get("family") == "student":
+        return student_arch(model)  # type: ignore[arg-type]
+    if arch.get("family") != "timm":
+        raise TeacherError(f"cannot record a pruned {arch.get('family')!r} model; only students and timm models")
+    base = {k: v for k, v in arch.items() if k != PRUNED_LAYERS_KEY}
+    layers = resized_layers(model, _unpruned(base), model_name=str(base.get("name")))
+    return {**base, PRUNED_LAYERS_KEY: layers} if layers else base
+
+
+def _unpruned(arch: Mapping[str, Any]) -> nn.Module:
+    """The model ``arch`` describes, for its shapes only: on the meta device (no memory, no initialisation, no
+    random numbers drawn), or, for a model whose construction reads tensor values, on the CPU."""
+    try:
+        with torch.device("meta"):
+            return build_from_arch(arch)
+    except Exception:  # noqa: BLE001 - e.g. ``.item()`` on a meta tensor; a real build raises real errors
+        with torch.random.fork_rng(devices=[]):
+            return build_from_arch(arch)
+
+
 def build_from_arch(arch: Mapping[str, Any]) -> nn.Module:
     """Rebuild an untrained model, student or timm teacher, from its checkpoint architecture description."""
     if not isinstance(arch, Mapping):
@@ -450,7 +481,16 @@ def build_from_arch(arch: Mapping[str, Any]) -> nn.Module:
             num_classes, input_size = int(arch["num_classes"]), int(arch.get("input_size", 32))
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"teacher architecture in checkpoint is invalid: bad or missing {err}") from None
-        return create_teacher(name, num_classes, mode=mode, input_size=input_size)
+        # The stem surgery's log lines ("freshly initialised") would mislead here: the checkpoint's weights follow.
+        level = _logger.level
+        _logger.setLevel(logging.WARNING)
+        try:
+            model = create_teacher(name, num_classes, mode=mode, input_size=input_size)
+        finally:
+            _logger.setLevel(level)
+        if PRUNED_LAYERS_KEY in arch:  # a pruned timm model: narrow the layers pruning narrowed
+            narrow_layers(model, arch[PRUNED_LAYERS_KEY])
+        return model
     if family == "custom":  # written by distill.fit for a module of the user's own
         raise CheckpointError(
             f"the checkpoint holds a custom module ({arch.get('class', 'unknown class')}) that cannot be rebuilt "
