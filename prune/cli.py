@@ -315,6 +315,7 @@ def _prune(args: argparse.Namespace) -> int:
     with torch.no_grad():  # Taylor importance's batch, as the model sees it
         images = _as_trained(torch.nn.Identity(), arch)(images)
     result = _run_pruning(args, kind, target, model, (images, labels), input_size)
+    teachers.sync_head_width(model)  # num_features / head_hidden_size of a timm model: the pruned widths
     model.eval()
     top1.update(_recalibrate(_as_trained(model, arch), train_loader, test_loader, device))
     cost_after = students.cost_report(model, input_size)

@@ -23,11 +23,11 @@ from .models import (
     read_state_dict,
     teacher_arch,
 )
-from .pruned import PRUNED_LAYERS_KEY, PrunedModelError
+from .pruned import PRUNED_LAYERS_KEY, PrunedModelError, sync_head_width
 
 __all__ = [
     "FrozenTeacher", "InputAdapter", "MODES", "TeacherError", "build_from_arch", "create_teacher",
     "default_mode", "find_teacher_name_suggestions", "freeze_teacher", "input_adapter", "is_student_name",
     "load_model", "load_weights", "PRUNED_LAYERS_KEY", "PrunedModelError", "pruned_arch",
-    "read_state_dict", "teacher_arch",
+    "read_state_dict", "sync_head_width", "teacher_arch",
 ]

@@ -2,10 +2,13 @@
 
 A network designed for 224x224 ImageNet images meets 32x32 inputs in one of two modes:
 
-- ``cifar`` rewrites the stem: the first convolution becomes 3x3 with stride 1 and the stem max-pool is
-  removed, so the first stage sees 32x32 feature maps as in the CIFAR ResNets of He et al. (2016, "Deep
+- ``cifar`` rewrites the stem: the first convolution becomes 3x3 with stride 1, the other convolutions that
+  read the image (the 1x1 branch of a RepVGG or MobileOne stem) get stride 1, and every downsampling layer
+  before the first stage (timm's first ``feature_info`` level at 1/4 resolution) loses its stride (max-pools
+  are removed), so the first stage sees 32x32 feature maps as in the CIFAR ResNets of He et al. (2016, "Deep
   Residual Learning for Image Recognition", section 4.2). The new first convolution starts from a fresh
-  initialisation, so the teacher must be trained or fine-tuned on our data (``distill teacher``).
+  initialisation, so the teacher must be trained or fine-tuned on our data (``distill teacher``). A model
+  that still cannot run on 32x32 input (a space-to-depth stem, layers that need larger maps) is refused.
 - ``upsample`` keeps the model exactly as published and resizes every batch on the device to its native
   resolution (``pretrained_cfg['input_size']``, 224 for most). Models whose patch embedding fixes the input
   size (ViT, DeiT, Swin, ...) need it; it also lets an ImageNet-pretrained stem be used unchanged.
@@ -32,7 +35,7 @@ from students.checkpoint import CheckpointError, build_student, load_file, stude
 from students.common.errors import UserError
 from students.spec import SpecError, suggest
 
-from .pruned import PRUNED_LAYERS_KEY, narrow_layers, resized_layers
+from .pruned import PRUNED_LAYERS_KEY, narrow_layers, resized_layers, sync_head_width
 
 __all__ = [
     "MODES",
@@ -110,8 +113,14 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+def _fixed_input_size(name: str) -> bool:
+    """True when timm says the model only runs at its native input size (a position embedding, fixed windows)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return cfg is not None and bool(cfg.fixed_input_size)
+
+
 def _needs_native_size(name: str) -> bool:
-    """True when a timm model cannot run at 32x32: a patch embedding or a fixed input size."""
+    """True for a timm model meant for its native input size: a fixed input size or a patch embedding."""
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         return False
@@ -120,7 +129,12 @@ def _needs_native_size(name: str) -> bool:
 
 
 def default_mode(name: str) -> str:
-    """``upsample`` for models with a patch embedding or fixed input size (ViT-like), else ``cifar``."""
+    """``upsample`` for models with a patch embedding or fixed input size (ViT-like), else ``cifar``.
+
+    Decided from the name alone, without building the model. A model whose later layers turn out not to run
+    on CIFAR-sized input in cifar mode (HaloNet, Inception-v4) is refused by :func:`create_teacher`. A
+    patch-embedding model without a fixed input size (PVT-v2, FasterNet) may still be asked for cifar mode.
+    """
     if _family(name) == "student":
         return "cifar"
     return "upsample" if _needs_native_size(name) else "cifar"
@@ -150,74 +164,147 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def _first_conv_name(model: nn.Module) -> str | None:
-    """The input convolution named by ``pretrained_cfg['first_conv']``, else the first ``nn.Conv2d``."""
+def _first_conv_names(model: nn.Module) -> tuple[str, ...]:
+    """The convolutions that read the image, main one first: ``pretrained_cfg['first_conv']`` (a tuple for
+    multi-branch stems, e.g. RepVGG's and MobileOne's 3x3 and 1x1 branches), else the first ``nn.Conv2d``."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = cfg.get("first_conv")
-    if isinstance(name, (tuple, list)):
-        name = name[0] if name else None
-    if name:
-        try:
-            if isinstance(model.get_submodule(name), nn.Conv2d):
-                return name
-        except AttributeError:
-            pass
-    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    names = cfg.get("first_conv")
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    modules = dict(model.named_modules())
+    convs = tuple(n for n in names if isinstance(modules.get(n), nn.Conv2d))
+    if convs and convs[0] == names[0]:
+        return convs
+    return tuple(n for n, m in modules.items() if isinstance(m, nn.Conv2d))[:1]
 
 
-def _find_stem_pool(model: nn.Module, conv_name: str) -> str | None:
-    """The max-pool that ends the stem: the first downsampling layer after the first convolution, if a max-pool.
+def _stem_end(model: nn.Module, first_conv: str) -> str | None:
+    """Where the stem ends: at the first stage, the first module in timm's ``feature_info`` whose output is 4x
+    smaller than the image (ResNet's ``layer1``, EfficientNet's ``blocks.1``, DenseNet's
+    ``features.denseblock1``), or at the block holding that module when it is a tap inside one (Xception's
+    ``blocks.1`` for ``blocks.1.stack.act3``). None when ``feature_info`` names no such module."""
+    try:
+        entries = [(str(f["module"]), int(f["reduction"])) for f in getattr(model, "feature_info", None) or ()]
+    except (KeyError, TypeError, ValueError):
+        return None
+    stage = next((module for module, reduction in entries if reduction >= 4), None)
+    if not stage or stage not in dict(model.named_modules()):
+        return None
+    first, path = first_conv.split("."), stage.split(".")
+    common = next((i for i, (a, b) in enumerate(zip(first, path)) if a != b), min(len(first), len(path)))
+    # One level below the container shared with the first convolution: 'layer1', 'stages.1', 'features.9'.
+    return ".".join(path[: common + 2]) if common < len(path) else None
 
-    Walking leaves in registration order (which is forward order in timm's CNNs), the first layer with a
-    stride above 1 is the stem pool when it is a max-pool (ResNet's ``maxpool``, DenseNet's ``pool0``). When
-    it is anything else (a strided convolution in EfficientNet's first stages, a learned stem pool) the
-    network has no stem max-pool and nothing is removed: pools deeper in the net belong to its stages.
+
+def _stem_downsamplers(model: nn.Module, skip: tuple[str, ...], main_downsamples: bool, whole_stem: bool) -> list[str]:
+    """The strided leaf layers after the first convolution (``skip`` lists the input convolutions) and before
+    the end of the stem (:func:`_stem_end`).
+
+    Leaves are walked in registration order, which is forward order in timm's CNNs. Without ``whole_stem`` or
+    a usable ``feature_info`` the stem ends at the first downsampling layer after the first convolution, and
+    only a max-pool there (ResNet's ``maxpool``, DenseNet's ``pool0``) belongs to it, when the first
+    convolution downsampled too: pools deeper in the net belong to its stages.
     """
-    seen = False
+    end = _stem_end(model, skip[0]) if whole_stem else None
+    found, seen = [], False
     for name, module in model.named_modules():
-        if name == conv_name:
-            seen = True
+        seen = seen or name == skip[0]
+        if end is not None and (name == end or name.startswith(end + ".")):
+            break
+        if not seen or name in skip or next(module.children(), None) is not None or _stride(module) == 1:
             continue
-        if not seen or next(module.children(), None) is not None:
-            continue
-        if _stride(module) > 1:
-            return name if isinstance(module, nn.MaxPool2d) else None
-    return None
+        if end is not None:
+            found.append(name)
+        else:
+            return [name] if main_downsamples and isinstance(module, nn.MaxPool2d) else []
+    return found
 
 
-def _adapt_stem(model: nn.Module, name: str, input_size: int) -> None:
-    """Make ``model`` keep full resolution through its stem: 3x3 stride-1 first conv, no stem max-pool."""
-    conv_name = _first_conv_name(model)
-    if conv_name is None:
+def _fresh_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    """A freshly initialised 3x3 stride-1 convolution with ``conv``'s channels: the CIFAR stem's first layer."""
+    new = nn.Conv2d(
+        conv.in_channels, conv.out_channels, 3, stride=1, padding=1, groups=conv.groups,
+        bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
+    )
+    # He initialisation as timm's CNNs use; any pretrained first-layer filters were for 7x7 stride-2 views
+    # of 224-pixel images, so they are not reused.
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    return new
+
+
+def _keeps_size(conv: nn.Conv2d) -> bool:
+    """True when ``conv`` at stride 1 keeps the feature map's size: 'same' padding, static or dynamic."""
+    if "Same" in type(conv).__name__:  # timm's Conv2dSame pads for its stride at run time
+        return True
+    if isinstance(conv.padding, str):
+        return conv.padding == "same"
+    return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
+
+
+def _unstride(model: nn.Module, name: str, layer: str) -> str:
+    """Make stem layer ``layer`` keep resolution; what was done, for the log."""
+    module = model.get_submodule(layer)
+    if isinstance(module, nn.Conv2d):
+        if _keeps_size(module):
+            module.stride = (1,) * len(module.stride)
+            return f"{layer} stride 1"
+    elif next(module.parameters(recurse=False), None) is None:  # max/average/blur pools: no weights, same channels
+        _set_submodule(model, layer, nn.Identity())
+        return f"removed {layer}"
+    raise TeacherError(f"teacher {name} downsamples in its stem with a {type(module).__name__} ({layer}) that "
+                       "cifar mode cannot remove; use --teacher-mode upsample")
+
+
+def _adapt_stem(model: nn.Module, name: str, input_size: int, *, whole_stem: bool) -> None:
+    """Make ``model`` keep full resolution up to its first stage: a 3x3 stride-1 first conv, every other
+    convolution reading the image at stride 1, no downsampling layer in the stem (only the max-pool right
+    after the first convolution without ``whole_stem``)."""
+    convs = _first_conv_names(model)
+    if not convs:
         raise TeacherError(f"teacher {name} has no convolution to adapt to {input_size}x{input_size} input; "
                            "use --teacher-mode upsample")
-    conv = model.get_submodule(conv_name)
-    downsamples = _stride(conv) > 1
-    if (conv.kernel_size, conv.stride, conv.padding) != ((3, 3), (1, 1), (1, 1)):
-        new = nn.Conv2d(
-            conv.in_channels, conv.out_channels, 3, stride=1, padding=1, groups=conv.groups,
-            bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype,
-        )
-        # He initialisation as timm's CNNs use; any pretrained first-layer filters were for 7x7 stride-2 views
-        # of 224-pixel images, so they are not reused.
-        nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
-        if new.bias is not None:
-            nn.init.zeros_(new.bias)
-        _set_submodule(model, conv_name, new)
-        _logger.info("teacher %s: first conv %s %s stride %s -> 3x3 stride 1 (freshly initialised)",
-                     name, conv_name, "x".join(map(str, conv.kernel_size)), conv.stride[0])
-    if downsamples:
-        pool_name = _find_stem_pool(model, conv_name)
-        if pool_name is not None:
-            _set_submodule(model, pool_name, nn.Identity())
-            _logger.info("teacher %s: removed stem max-pool %s", name, pool_name)
-        else:
-            _logger.info("teacher %s: no stem max-pool found; its later downsampling layers are kept", name)
+    main = model.get_submodule(convs[0])
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    cfg.update(input_size=(conv.in_channels, input_size, input_size), pool_size=None, crop_pct=1.0,
+    channels = int((cfg.get("input_size") or (3,))[0])
+    if main.in_channels != channels:  # e.g. TResNet's space-to-depth stem: 4x4 pixel blocks become channels
+        raise TeacherError(f"teacher {name} rearranges the image before its first convolution {convs[0]} and "
+                           f"cannot keep {input_size}x{input_size} resolution; use --teacher-mode upsample")
+    downsamples = _stride(main) > 1
+    changes = []
+    if (main.kernel_size, main.stride, main.padding) != ((3, 3), (1, 1), (1, 1)):
+        _set_submodule(model, convs[0], _fresh_conv(main))
+        changes.append(f"first conv {convs[0]} {'x'.join(map(str, main.kernel_size))} stride {main.stride[0]} "
+                       "-> 3x3 stride 1 (freshly initialised)")
+    for layer in [*convs[1:], *_stem_downsamplers(model, convs, downsamples, whole_stem)]:
+        if _stride(model.get_submodule(layer)) > 1:
+            changes.append(_unstride(model, name, layer))
+    _logger.info("teacher %s: cifar stem: %s", name, "; ".join(changes) or "unchanged")
+    cfg.update(input_size=(channels, input_size, input_size), pool_size=None, crop_pct=1.0,
                fixed_input_size=False)
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm keeps both names for the same dict
+
+
+def _check_forward(model: nn.Module, name: str, num_classes: int, input_size: int) -> None:
+    """Run one ``input_size`` image through an adapted ``model`` (eval mode, no gradients), so that a model whose
+    later layers need its native input size is refused now, in one line, rather than in the first batch."""
+    param = next(model.parameters(), None)
+    if param is None or param.device.type == "meta":  # a shapes-only build (pruned_arch): nothing to run
+        return
+    was_training = model.training
+    x = torch.zeros(1, *model.pretrained_cfg["input_size"], dtype=param.dtype, device=param.device)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+        problem = None if tuple(out.shape) == (1, num_classes) else f"output shape {tuple(out.shape)}"
+    except Exception as err:  # noqa: BLE001 - any layer may fail on a small input, each its own way
+        problem = _first_line(err)
+    finally:
+        model.train(was_training)
+    if problem is not None:
+        raise TeacherError(f"teacher {name} does not run on {input_size}x{input_size} images in cifar mode "
+                           f"({problem}); use --teacher-mode upsample")
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -289,9 +376,8 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str, adapted_stem:
     state = read_state_dict(path)
     own = model.state_dict()
     droppable = _classifier_names(model)
-    first_conv = _first_conv_name(model)
-    if adapted_stem and first_conv is not None:
-        droppable += (first_conv,)
+    if adapted_stem:
+        droppable += _first_conv_names(model)
     dropped, wrong_shape = [], []
     for key, value in list(state.items()):
         if key in own and own[key].shape != value.shape:
@@ -346,6 +432,31 @@ def _build_timm(name: str, num_classes: int, pretrained: bool) -> nn.Module:
         raise TeacherError(f"could not build teacher {name}: {_first_line(err)}") from None
 
 
+# Version of the cifar-mode stem surgery, recorded in checkpoints (teacher_arch): 1 adapted only the input
+# convolutions and the max-pool after them; 2 keeps full resolution through the whole stem. A checkpoint
+# written under version 1 is rebuilt with version 1, so its weights keep computing what they computed.
+CIFAR_STEM_VERSION = 2
+
+
+def _build_cifar(name: str, num_classes: int, pretrained: bool, input_size: int, stem_version: int) -> nn.Module:
+    """A timm model in cifar mode: its whole stem adapted (:func:`_adapt_stem`), or, where that does not run
+    (NASNet's stem cells feed later cells at two resolutions) or ``stem_version`` is 1, only its input
+    convolutions and stem max-pool."""
+    model = _build_timm(name, num_classes, pretrained)
+    try:
+        if stem_version < 2:
+            raise TeacherError(f"cifar stem version {stem_version} (recorded in the checkpoint)")
+        _adapt_stem(model, name, input_size, whole_stem=True)
+        _check_forward(model, name, num_classes, input_size)
+        return model
+    except TeacherError as err:
+        _logger.info("teacher %s: %s; adapting only its first convolutions and stem max-pool", name, err)
+    model = _build_timm(name, num_classes, pretrained)  # the surgery above may have left it half changed
+    _adapt_stem(model, name, input_size, whole_stem=False)
+    _check_forward(model, name, num_classes, input_size)
+    return model
+
+
 def create_teacher(
     name: str,
     num_classes: int,
@@ -354,6 +465,7 @@ def create_teacher(
     pretrained: bool = False,
     weights: str | Path | None = None,
     input_size: int = 32,
+    stem_version: int = CIFAR_STEM_VERSION,
 ) -> nn.Module:
     """Build a teacher network by timm model name or student spec.
 
@@ -369,10 +481,13 @@ def create_teacher(
         weights: a local state dict (``.safetensors`` or a torch file) in timm's or torchvision's layout,
             loaded with the same head and stem rules (see :func:`load_weights`).
         input_size: side of the square training images in pixels, recorded for cifar mode.
+        stem_version: which cifar-mode stem surgery to apply (:data:`CIFAR_STEM_VERSION`; a checkpoint's
+            ``cifar_stem``); the default is the current one.
 
     Raises:
-        TeacherError: unknown name or mode, a ViT-like model in cifar mode, weights that cannot be had or do
-            not fit.
+        TeacherError: unknown name or mode, a model that cannot run on ``input_size`` images in cifar mode
+            (a fixed input size, a space-to-depth stem, layers that need larger feature maps), weights that
+            cannot be had or do not fit.
     """
     if num_classes < 1:
         raise TeacherError(f"a teacher needs at least 1 class, got num_classes={num_classes}")
@@ -395,15 +510,16 @@ def create_teacher(
         adapted = False
     else:
         mode = mode or default_mode(name)
-        if mode == "cifar" and _needs_native_size(name):
+        if mode == "cifar" and _fixed_input_size(name):
             raise TeacherError(
-                f"teacher {name} embeds image patches at a fixed input size and cannot run on "
-                f"{input_size}x{input_size} images; use --teacher-mode upsample"
+                f"teacher {name} needs its fixed {_native_size(name)}x{_native_size(name)} input size and cannot "
+                f"run on {input_size}x{input_size} images; use --teacher-mode upsample"
             )
-        model = _build_timm(name, num_classes, pretrained)
         adapted = mode == "cifar"
         if adapted:
-            _adapt_stem(model, name, input_size)
+            model = _build_cifar(name, num_classes, pretrained, input_size, stem_version)
+        else:
+            model = _build_timm(name, num_classes, pretrained)
     if weights is not None:
         load_weights(model, weights, name=name, adapted_stem=adapted)
     return model
@@ -430,6 +546,7 @@ def teacher_arch(name: str, num_classes: int, mode: str | None = None, input_siz
         "num_classes": int(num_classes),
         "input_size": int(input_size),
         "resize_to": _native_size(name) if mode == "upsample" else None,
+        **({"cifar_stem": CIFAR_STEM_VERSION} if mode == "cifar" else {}),
     }
 
 
@@ -479,17 +596,18 @@ def build_from_arch(arch: Mapping[str, Any]) -> nn.Module:
         try:
             name, mode = str(arch["name"]), str(arch["mode"])
             num_classes, input_size = int(arch["num_classes"]), int(arch.get("input_size", 32))
+            stem_version = int(arch.get("cifar_stem", 1))  # checkpoints from before versioning: version 1
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"teacher architecture in checkpoint is invalid: bad or missing {err}") from None
         # The stem surgery's log lines ("freshly initialised") would mislead here: the checkpoint's weights follow.
         level = _logger.level
         _logger.setLevel(logging.WARNING)
         try:
-            model = create_teacher(name, num_classes, mode=mode, input_size=input_size)
+            model = create_teacher(name, num_classes, mode=mode, input_size=input_size, stem_version=stem_version)
         finally:
             _logger.setLevel(level)
         if PRUNED_LAYERS_KEY in arch:  # a pruned timm model: narrow the layers pruning narrowed
-            narrow_layers(model, arch[PRUNED_LAYERS_KEY])
+            sync_head_width(narrow_layers(model, arch[PRUNED_LAYERS_KEY]))
         return model
     if family == "custom":  # written by distill.fit for a module of the user's own
         raise CheckpointError(

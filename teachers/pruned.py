@@ -26,7 +26,7 @@ from torch import nn
 from students.checkpoint import CheckpointError
 from students.common.errors import UserError
 
-__all__ = ["PRUNED_LAYERS_KEY", "PrunedModelError", "narrow_layers", "resized_layers"]
+__all__ = ["PRUNED_LAYERS_KEY", "PrunedModelError", "narrow_layers", "resized_layers", "sync_head_width"]
 
 PRUNED_LAYERS_KEY = "pruned_layers"
 
@@ -165,3 +165,58 @@ def resized_layers(pruned: nn.Module, unpruned: nn.Module, *, model_name: str) -
                 "rebuilt from a checkpoint"
             )
     return layers
+
+
+def _pool_mult(pool: Any) -> int:
+    """How many values per channel a timm global pool gives (2 for 'catavgmax'); 1 for anything else."""
+    mult = getattr(pool, "feat_mult", None)
+    return int(mult()) if callable(mult) else 1
+
+
+def _feature_width(model: nn.Module) -> int | None:
+    """Channels of ``model.forward_features`` on one blank image of its configured size (None for a model on
+    the meta device, which has no values to run); NHWC and token outputs keep channels last."""
+    param = next(model.parameters(), None)
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if param is None or param.device.type == "meta" or not size:
+        return None
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            feats = model.eval().forward_features(torch.zeros(1, *size, dtype=param.dtype, device=param.device))
+    finally:
+        model.train(was_training)
+    nhwc = feats.ndim != 4 or str(getattr(model, "output_fmt", "NCHW")) == "NHWC"
+    return int(feats.shape[-1] if nhwc else feats.shape[1])
+
+
+def sync_head_width(model: nn.Module) -> nn.Module:
+    """Bring a pruned timm model's width attributes in line with its narrowed layers, in place.
+
+    Pruning narrows tensors but leaves ``num_features`` and ``head_hidden_size`` at the unpruned width, so
+    ``reset_classifier()`` would build a head that does not fit. ``head_hidden_size`` becomes the input width
+    of the classifier (``get_classifier()``), and so does ``num_features`` (divided by the pool's multiplier)
+    unless a pre-logits layer sits between the features and the classifier (MobileNetV3's ``conv_head``), in
+    which case the features are measured with one forward pass. A head module with its own widths (timm's
+    ``ClassifierHead``) is updated too. Models without a linear or convolutional classifier are left alone.
+    """
+    get = getattr(model, "get_classifier", None)
+    fc = get() if callable(get) else None
+    width = fc.in_features if isinstance(fc, nn.Linear) else fc.in_channels if isinstance(fc, _ConvNd) else None
+    if width is None or not hasattr(model, "num_features"):
+        return model
+    head = getattr(model, "head", None)
+    head = head if isinstance(head, nn.Module) and head is not fc else None
+    mult = _pool_mult(getattr(model, "global_pool", None) or getattr(head, "global_pool", None))
+    hidden = getattr(model, "head_hidden_size", None)
+    if hidden is None or hidden == model.num_features * mult:  # the pooled features feed the classifier
+        model.num_features = width // mult
+    else:
+        model.num_features = _feature_width(model) or model.num_features
+    if hidden is not None:
+        model.head_hidden_size = width
+    if head is not None and hasattr(head, "in_features") and not getattr(head, "hidden_size", None):
+        head.in_features = width // _pool_mult(getattr(head, "global_pool", None))
+    if head is not None and isinstance(getattr(head, "num_features", None), int):
+        head.num_features = width
+    return model

@@ -56,6 +56,13 @@ def test_pruned_timm_model_reloads_with_identical_outputs(tmp_path: Path, name: 
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert students.count_params(loaded) == students.count_params(model)
+    # timm's width attributes follow the pruned layers, so a new head fits (pruning leaves them stale).
+    width = loaded.get_classifier().in_features
+    assert loaded.num_features == loaded.head_hidden_size == width < model.num_features
+    loaded.reset_classifier(5)
+    with torch.no_grad():
+        assert loaded(x).shape == (3, 5)
+    assert teachers.sync_head_width(model).num_features == width  # the same for the model pruned in memory
     # An unpruned timm model records no widths: its architecture is the plain teacher_arch.
     assert teachers.pruned_arch(teachers.create_teacher(name, 10, mode="cifar"), arch) == arch
 

@@ -62,6 +62,7 @@ def test_default_modes() -> None:
     assert teachers.default_mode("resnet50") == "cifar"
     assert teachers.default_mode("convnext_tiny") == "cifar"
     assert teachers.default_mode("vit_tiny_patch16_224") == "upsample"
+    assert teachers.default_mode("fasternet_t0") == "upsample"  # a patch embedding: upsample unless asked
     assert teachers.default_mode(TINY) == "cifar"
     assert teachers.default_mode("seed004") == "cifar"
 
@@ -81,6 +82,43 @@ def test_unknown_teacher_suggests_close_names() -> None:
 def test_vit_in_cifar_mode_is_refused_before_building() -> None:
     with pytest.raises(TeacherError, match="--teacher-mode upsample"):
         teachers.create_teacher("vit_tiny_patch16_224", 10, mode="cifar")
+
+
+# Stems other than ResNet's: (model, first stage, convolutions that must read the image at stride 1).
+CIFAR_STEMS = [
+    ("repvgg_a0", "stages.0", ["stem.conv_kxk.conv", "stem.conv_1x1.conv"]),  # 3x3 + 1x1 branches, summed
+    ("mobileone_s0", "stages.0", ["stem.conv_kxk.0.conv", "stem.conv_scale.conv"]),
+    ("fastvit_t8", "stages.0", ["stem.0.conv_kxk.0.conv", "stem.0.conv_scale.conv", "stem.1.conv_kxk.0.conv"]),
+    ("dla34", "level2", ["base_layer.0", "level1.0"]),  # stride-1 7x7 first conv; the stem downsamples later
+    ("test_efficientnet", "blocks.1", ["conv_stem"]),
+    ("fasternet_t0", "stages.0", ["patch_embed.proj"]),  # a conv patch embedding without a fixed input size
+]
+
+
+@pytest.mark.parametrize("name,stage,convs", CIFAR_STEMS, ids=[c[0] for c in CIFAR_STEMS])
+def test_cifar_stem_keeps_resolution_up_to_the_first_stage(name: str, stage: str, convs: list[str]) -> None:
+    model = teachers.create_teacher(name, 10, mode="cifar")
+    assert model.training  # the build's check forward left the mode alone
+    assert all(model.get_submodule(conv).stride == (1, 1) for conv in convs)
+    assert _stem_output_side(model, model.get_submodule(stage)) == 32
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(2, 3, 32, 32))
+        out = model.forward_head(features)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert min(features.shape[-2:]) > 1  # the final feature map is not squeezed to a single pixel
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("tresnet_m", "rearranges the image before its first convolution"),  # space-to-depth stem
+    ("halonet26t", "does not run on 32x32 images in cifar mode"),  # halo attention needs larger maps
+    ("swin_tiny_patch4_window7_224", "needs its fixed 224x224 input size"),
+])
+def test_models_that_cannot_run_in_cifar_mode_are_refused(name: str, fragment: str) -> None:
+    with pytest.raises(TeacherError, match=fragment) as info:
+        teachers.create_teacher(name, 10, mode="cifar")
+    message = str(info.value)
+    assert "\n" not in message and message.endswith("; use --teacher-mode upsample")
+    teachers.create_teacher(name, 10, mode="upsample")  # the way out the message names works
 
 
 def test_student_spec_as_teacher() -> None:
@@ -274,3 +312,17 @@ def test_folded_teacher_matches_unfolded() -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
     torch.testing.assert_close(folded(x), plain(x), rtol=1e-4, atol=1e-5)
     assert folded.num_classes == 10 and not any(p.requires_grad for p in folded.parameters())
+
+
+def test_checkpoints_keep_the_stem_surgery_they_were_trained_with() -> None:
+    """A cifar-mode arch records its stem version; one written before versioning rebuilds with the old surgery."""
+    arch = teachers.teacher_arch("rexnet_100", 10, "cifar")
+    assert arch["cifar_stem"] == teachers.models.CIFAR_STEM_VERSION == 2
+    x = torch.zeros(1, 3, 32, 32)
+    current = teachers.build_from_arch(arch).eval()
+    legacy = teachers.build_from_arch({k: v for k, v in arch.items() if k != "cifar_stem"}).eval()
+    with torch.no_grad():
+        assert current.forward_features(x).shape[-2:] == (4, 4)
+        assert legacy.forward_features(x).shape[-2:] == (2, 2)  # what version-1 checkpoints were trained on
+    assert [p.shape for p in current.parameters()] == [p.shape for p in legacy.parameters()]
+    assert "cifar_stem" not in teachers.teacher_arch("resnet18", 10, "upsample")
