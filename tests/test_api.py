@@ -85,3 +85,31 @@ def test_fit_refuses_bad_arguments_naming_them(cifar_subset_dir: Path) -> None:
         fit(student, batches, batches, config=TrainConfig(teacher="resnet18"))
     with pytest.raises(TypeError, match="must have a length"):
         fit(student, iter(batches), batches, config=TrainConfig(epochs=1, device="cpu"))
+
+
+def test_a_student_that_reaches_its_teacher_is_told_once(cifar_subset_dir: Path, tmp_path: Path) -> None:
+    """A teacher the student has caught up with (here an untrained one, ~10%) gets one warning, not one per epoch."""
+    from distill.data import load_dataset
+
+    import students
+
+    messages: list[str] = []
+
+    class Collect:
+        def __getattr__(self, name):  # every other reporter hook: ignore
+            return lambda *args, **kwargs: None
+
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    torch.manual_seed(0)
+    data = load_dataset(str(cifar_subset_dir), cache_dir=tmp_path / "cache")
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    with torch.no_grad():
+        teacher[1].weight.zero_()
+        teacher[1].bias.copy_(torch.arange(10.0))  # always predicts the last class: 10% on balanced data
+    fit(students.create("r2_11_c8-16"), data, teacher=teacher, out=tmp_path / "run", reporter=Collect(),
+        config=TrainConfig(epochs=2, batch_size=50, lr=0.05, device="cpu", ema=False, tta=False))
+    warned = [m for m in messages if "has reached its teacher's" in m]
+    assert len(warned) == 1, messages
+    assert "(10.00%)" in warned[0] and "--kd-weight" in warned[0]
