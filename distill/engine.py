@@ -390,7 +390,7 @@ def build_train_loss(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | No
     logit_name = split_method(cfg.kd_loss)[0] if is_feature_method(cfg.kd_loss) else cfg.kd_loss
     if teacher is None or logit_name is None:
         logit_name = "ce"
-    warmup = kd_warmup_epochs(cfg)
+    warmup = _kd_warmup_epochs(cfg, logit_name)
     logit_loss = build_loss(logit_name, temperature=cfg.temperature,
                             kd_weight=cfg.kd_weight, label_smoothing=cfg.label_smoothing,
                             **({} if warmup is None or logit_name == "ce" else {"warmup_epochs": warmup}))
@@ -404,8 +404,8 @@ def build_train_loss(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | No
     return logit_loss
 
 
-def kd_warmup_epochs(cfg: TrainConfig) -> float | None:
-    """Epochs the distillation term ramps in over: ``cfg.kd_warmup_epochs``, else DKD's 20-of-240 scaled to the run.
+def _kd_warmup_epochs(cfg: TrainConfig, logit_name: str) -> float | None:
+    """Epochs the ``logit_name`` term ramps in over: ``cfg.kd_warmup_epochs``, else DKD's 20-of-240 scaled to the run.
 
     DKD's paper warms its term up over the first 20 of 240 epochs; a fixed 20 would keep a 5-epoch run's
     DKD term at a quarter of its weight or less, so the default keeps the paper's fraction of the run.
@@ -413,7 +413,6 @@ def kd_warmup_epochs(cfg: TrainConfig) -> float | None:
     """
     if cfg.kd_warmup_epochs is not None:
         return cfg.kd_warmup_epochs
-    logit_name = split_method(cfg.kd_loss)[0] if is_feature_method(cfg.kd_loss) else cfg.kd_loss
     return min(20.0, cfg.epochs / 12) if logit_name == "dkd" else None
 
 

@@ -102,8 +102,7 @@ def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict
             input_size=data.image_size,
         )
         arch = teachers.teacher_arch(name, data.num_classes, mode, data.image_size)
-        adapter = teachers.InputAdapter(resize_to=arch["resize_to"]) if arch.get("resize_to") else None
-        return model, arch, adapter
+        return model, arch, teachers.arch_adapter(arch)
     if cfg.init_ckpt:
         return _load_init(cfg.init_ckpt, data)
     model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
@@ -120,8 +119,7 @@ def _load_init(path: str, data: ImageDataset) -> tuple[nn.Module, dict[str, Any]
         raise UserError(f"{path} has {num_classes} classes but the data has {data.num_classes}")
     if arch.get("family") == "student":
         return model, students.student_arch(model), None
-    adapter = teachers.InputAdapter(resize_to=arch["resize_to"]) if arch.get("resize_to") else None
-    return model, dict(arch), adapter
+    return model, dict(arch), teachers.arch_adapter(arch)
 
 
 def check_names(cfg: TrainConfig) -> None:

@@ -126,8 +126,8 @@ def _resize_to(arch: dict[str, Any]) -> int | None:
 def _as_trained(model: torch.nn.Module, arch: dict[str, Any]) -> torch.nn.Module:
     """``model`` as it trains and is evaluated: behind the resize of an upsample-mode timm model (sharing its
     parameters, so pruning ``model`` in place prunes this too), else itself."""
-    side = _resize_to(arch)
-    return model if side is None else torch.nn.Sequential(teachers.InputAdapter(resize_to=side), model)
+    adapter = teachers.arch_adapter(arch)
+    return model if adapter is None else torch.nn.Sequential(adapter, model)
 
 
 def _target(args: argparse.Namespace) -> tuple[str, float]:

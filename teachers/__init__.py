@@ -8,7 +8,7 @@
 >>> arch = teachers.pruned_arch(pruned_net, teachers.teacher_arch("resnet18", 10))  # widths of a pruned timm net
 """
 
-from .frozen import FrozenTeacher, InputAdapter, freeze_teacher, input_adapter
+from .frozen import FrozenTeacher, InputAdapter, arch_adapter, freeze_teacher, input_adapter
 from .models import (
     MODES,
     TeacherError,
@@ -26,7 +26,7 @@ from .models import (
 from .pruned import PRUNED_LAYERS_KEY, PrunedModelError, sync_head_width
 
 __all__ = [
-    "FrozenTeacher", "InputAdapter", "MODES", "TeacherError", "build_from_arch", "create_teacher",
+    "FrozenTeacher", "InputAdapter", "MODES", "arch_adapter", "TeacherError", "build_from_arch", "create_teacher",
     "default_mode", "find_teacher_name_suggestions", "freeze_teacher", "input_adapter", "is_student_name",
     "load_model", "load_weights", "PRUNED_LAYERS_KEY", "PrunedModelError", "pruned_arch",
     "read_state_dict", "sync_head_width", "teacher_arch",

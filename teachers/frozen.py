@@ -13,7 +13,8 @@ same as before it because bilinear interpolation commutes with a per-channel aff
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,12 @@ class InputAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"renormalise={self.renormalise}, resize_to={self.size}"
+
+
+def arch_adapter(arch: Mapping[str, Any]) -> InputAdapter | None:
+    """The resize an upsample-mode timm model recorded in its checkpoint ``arch`` trains and is evaluated
+    behind (``resize_to``), or None for a model that takes the images as they are."""
+    return InputAdapter(resize_to=int(arch["resize_to"])) if arch.get("resize_to") else None
 
 
 class FrozenTeacher(nn.Module):
