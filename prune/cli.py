@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", nargs="?", help="a run directory (its best.pt) or a checkpoint: a student, or a timm CNN "
                                              "trained by distill teacher")
     target = p.add_argument_group("target (one of)")
-    target.add_argument("--target-params", help="parameter budget, e.g. 4.9M, 350k or 4900000")
-    target.add_argument("--target-macs", help="MAC budget per image (fvcore count), e.g. 250M")
+    target.add_argument("--target-params", help="parameter budget, e.g. 4.9M, 350k, 4900000, or 50%% of the source's")
+    target.add_argument("--target-macs", help="MAC budget per image (fvcore count), e.g. 250M or 50%% of the source's")
     target.add_argument("--ratio", type=float, help="fraction of channels to remove, e.g. 0.5")
     how = p.add_argument_group("pruning")
     how.add_argument("--importance", choices=IMPORTANCES, default="l2", help="channel importance (default: l2)")
@@ -130,7 +130,9 @@ def _as_trained(model: torch.nn.Module, arch: dict[str, Any]) -> torch.nn.Module
     return model if adapter is None else torch.nn.Sequential(adapter, model)
 
 
-def _target(args: argparse.Namespace) -> tuple[str, float]:
+def _target(args: argparse.Namespace) -> tuple[str, float, float | None]:
+    """The target's kind, its value (a count; 0 until resolved when given as a percentage) and the percentage of
+    the source's count it asks for (None for a count or a ratio)."""
     given = [(k, v) for k, v in (("params", args.target_params), ("macs", args.target_macs), ("ratio", args.ratio))
              if v is not None]
     if len(given) != 1:
@@ -139,8 +141,18 @@ def _target(args: argparse.Namespace) -> tuple[str, float]:
     if kind == "ratio":
         if not 0.0 < value < 1.0:
             raise UserError(f"--ratio must be between 0 and 1 (a fraction of channels), got {value}")
-        return kind, float(value)
-    return kind, float(parse_count(value, f"--target-{kind}"))
+        return kind, float(value), None
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            percent = float(text[:-1])
+        except ValueError:
+            percent = float("nan")
+        if not 0.0 < percent < 100.0:
+            raise UserError(f"--target-{kind} {value} is not a percentage between 0 and 100 (exclusive) of the "
+                            f"source's {kind}; write e.g. 50%")
+        return kind, 0.0, percent
+    return kind, float(parse_count(value, f"--target-{kind}")), None
 
 
 def _finetune_config(args: argparse.Namespace, source_cfg: TrainConfig | None, ckpt_path: Path,
@@ -257,11 +269,11 @@ def _run_pruning(args: argparse.Namespace, kind: str, target: float, model: torc
         raise UserError(err.render(names)) from None
 
 
-def _check_args(args: argparse.Namespace) -> tuple[str, float]:
+def _check_args(args: argparse.Namespace) -> tuple[str, float, float | None]:
     """Everything that can be refused before the source is read (nothing is written before this passes)."""
     if not args.source:
         raise UserError("pass SOURCE (a run directory, or a student or timm checkpoint), or --resume RUN_DIR")
-    kind, target = _target(args)
+    kind, target, percent = _target(args)
     try:
         PruneSettings(importance=args.importance, global_pruning=args.global_pruning,
                       iterative_steps=args.iterative_steps, round_to=args.round_to,
@@ -270,11 +282,11 @@ def _check_args(args: argparse.Namespace) -> tuple[str, float]:
         raise UserError(err.render(_flag_names(args, kind))) from None
     if args.sparse_epochs < 0:
         raise UserError(f"--sparse-epochs must not be negative, got {args.sparse_epochs}")
-    return kind, target
+    return kind, target, percent
 
 
 def _prune(args: argparse.Namespace) -> int:
-    kind, target = _check_args(args)
+    kind, target, percent = _check_args(args)
     prune_only = getattr(args, "epochs", None) == 0
     if prune_only:
         del args.epochs  # the source's settings still choose the data and the seed
@@ -288,6 +300,8 @@ def _prune(args: argparse.Namespace) -> int:
     input_size = (3, _resize_to(arch) or cfg.image_size, _resize_to(arch) or cfg.image_size)  # what the model sees
     if kind != "ratio":
         current = students.count_params(model) if kind == "params" else students.count_macs(model, input_size)
+        if percent is not None:
+            target = float(int(current * percent / 100.0))  # the budget: at most this share of the source's count
         if target >= current:
             raise UserError(f"--target-{kind} {format_count(target)} is not below the source's {current:,} {kind}; "
                             "choose a smaller target")
@@ -375,7 +389,8 @@ def _record(args, ckpt_path: Path, kind: str, target: float, result: PruneResult
     """What prune.json keeps (the fine-tuning run's summary.json embeds it as ``pruned``)."""
     return {
         "source": str(ckpt_path),
-        "target": {"kind": kind, "value": target},
+        "target": {"kind": kind, "value": target,
+                   "as_given": {"params": args.target_params, "macs": args.target_macs, "ratio": args.ratio}[kind]},
         "importance": args.importance,
         "global": args.global_pruning,
         "iterative_steps": args.iterative_steps,

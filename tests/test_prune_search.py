@@ -271,6 +271,22 @@ def test_cli_prune_only_records_time_and_builds_one_graph(capsys, monkeypatch, g
     assert code == 2 and "nothing to resume" in err
 
 
+def test_cli_target_as_a_percentage_of_the_source(capsys, source_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "half"
+    code, stdout, err = invoke(main, capsys, source_run, "--target-macs", "50%", "--global", "--round-to", "1",
+                               "--finetune-epochs", "0", "--out", out)
+    assert code == 0, err
+    record = json.loads((out / "prune.json").read_text())
+    half = record["macs_before"] // 2
+    assert record["target"] == {"kind": "macs", "value": half, "as_given": "50%"}
+    assert 0.98 * half <= record["macs_after"] <= half
+    assert f"target macs: 50% ({half:,})" in stdout
+    for bad in ("0%", "100%", "half%", "150%"):
+        code, _, err = invoke(main, capsys, source_run, "--target-params", bad, "--out", tmp_path / "never")
+        assert code == 2 and f"--target-params {bad} is not a percentage between 0 and 100" in err, err
+    assert not (tmp_path / "never").exists()
+
+
 def test_cli_stop_after_zero_and_time_in_summary(capsys, source_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "stop0"
     code, stdout, err = invoke(main, capsys, source_run, "--ratio", "0.5", "--finetune-epochs", "1",
