@@ -85,8 +85,9 @@ def load_exportable(path: str | Path) -> Exportable:
     arch = ckpt["arch"]
     recorded = ckpt.get("meta", {}).get("config") or {}
     side = int(arch.get("input_size") or (recorded.get("image_size") if isinstance(recorded, dict) else None) or 32)
-    if arch.get("family") == "timm" and arch.get("mode") == "upsample":
-        model = nn.Sequential(teachers.InputAdapter(resize_to=int(arch.get("resize_to") or 224)), model)
+    adapter = teachers.arch_adapter(arch)  # the resize an upsample-mode model trained behind, as recorded
+    if adapter is not None:
+        model = nn.Sequential(adapter, model)
     return Exportable(model.cpu().eval(), (3, side, side), str(arch.get("spec") or arch.get("name") or "model"))
 
 

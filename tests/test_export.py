@@ -105,3 +105,18 @@ def test_export_bad_input_gets_one_line_and_exit_2(capsys, run_dir: Path, tmp_pa
     code, _, err = _cli(capsys, "export", run_dir, "--onnx", tmp_path / "x.onnx")
     assert_one_line_error(code, err, "onnxruntime is not installed")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_upsample_mode_model_exports_behind_its_recorded_resize(tmp_path: Path) -> None:
+    """The exported graph takes the 32-pixel images the model trained on; the resize to its native side is in it."""
+    import teachers
+    from distill.export import load_exportable
+
+    arch = teachers.teacher_arch("test_resnet", 10, "upsample")
+    path = students.save_checkpoint(tmp_path / "up.pt", teachers.create_teacher("test_resnet", 10, mode="upsample"),
+                                    arch=arch)
+    exportable = load_exportable(path)
+    adapter = exportable.model[0]
+    assert isinstance(adapter, teachers.InputAdapter) and adapter.size == (arch["resize_to"], arch["resize_to"])
+    assert exportable.input_shape == (3, 32, 32)
+    assert exportable.model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
