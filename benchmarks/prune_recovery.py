@@ -12,6 +12,11 @@ seed with ``prune``; the table gives each variant's top-1 after fine-tuning as m
 and its difference from the unpruned source (the goal: within 0.5 point). A long CPU job: run it by hand on
 a quiet machine (two trainings at once on 2 cores slow each other 5-9x); finished variants are skipped when
 run again.
+
+``--wide RUN --small RUN [RUN ...]`` adds the second goal, at equal total epochs: the wider RUN (e.g. the
+teacher run, trained E_w epochs) pruned to the small student's parameter count and KD fine-tuned for
+E_s - E_w epochs by its unpruned self, against the small student distilled directly for E_s epochs (the
+--small runs, one per seed).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ VARIANTS: dict[str, list[str]] = {
     "baseline": [],
     "epochs-6": ["--finetune-epochs", "6"],
     "lr-0.02": ["--lr", "0.02"],
+    "lr-0.2": ["--lr", "0.2"],  # the source run's peak lr: prune's fine-tuning default before this ablation
     "teacher-unpruned": ["--teacher", "SOURCE_SPEC", "--teacher-ckpt", "SOURCE_DIR"],  # the unpruned source teaches
     "sparse-2": ["--sparse-epochs", "2"],
     "iterative-3": ["--iterative-steps", "3"],
@@ -45,6 +51,54 @@ def _command(source: Path, out: Path, seed: int, extra: list[str], macs: int) ->
             "--seed", str(seed), "--out", str(out)]
 
 
+def _wide_command(wide: Path, out: Path, seed: int, params: int, epochs: int, spec: str) -> list[str]:
+    return [sys.executable, "-m", "prune", str(wide), "--target-params", str(params), "--global",
+            "--finetune-epochs", str(epochs), "--lr", "0.05", "--teacher", spec, "--teacher-ckpt", str(wide),
+            "--seed", str(seed), "--out", str(out)]
+
+
+def _top1(run: Path) -> float | None:
+    """A finished run's last top-1, else None."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return float(summary["top1_last"]) if summary.get("complete") else None
+
+
+def _mean_sd(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+def wide_vs_small(wide: Path, small: list[Path], seeds: list[int], out: Path, dry_run: bool) -> None:
+    """Prune the wide run to the small student's size at equal total epochs; print both."""
+    wide_summary = json.loads((wide / "summary.json").read_text())
+    small_summary = json.loads((small[0] / "summary.json").read_text())
+    params, total = int(small_summary["num_params"]), int(small_summary["epochs"])
+    epochs = total - int(wide_summary["epochs"])
+    if epochs < 1:
+        raise SystemExit(f"the small runs train {total} epochs, the wide run {wide_summary['epochs']}: "
+                         "nothing left to fine-tune at equal total epochs")
+    top1s = []
+    for seed in seeds:
+        run = out / f"wide-to-small-seed{seed}"
+        cmd = _wide_command(wide, run, seed, params, epochs, str(wide_summary["model"]))
+        if dry_run:
+            print(" ".join(cmd))
+            continue
+        if _top1(run) is None:
+            subprocess.run(cmd, check=True)
+        top1s.append(_top1(run))
+    smalls = [t for t in map(_top1, small) if t is not None]
+    if top1s and smalls:
+        print(f"equal total epochs ({total}): {wide_summary['model']} trained {wide_summary['epochs']} epochs, "
+              f"pruned to {params:,} params, KD fine-tuned {epochs} | {small_summary['model']} distilled {total}")
+        print("| student | top-1 (mean +- sd) | seeds |")
+        print("|---|---|---|")
+        print(f"| wide pruned to the small one's size | {_mean_sd(top1s)} | {len(top1s)} |")
+        print(f"| small distilled directly | {_mean_sd(smalls)} | {len(smalls)} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("source", type=Path, help="a finished `distill run` directory")
@@ -53,7 +107,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/prune-recovery"))
     p.add_argument("--target-macs", type=int, default=None, help="MACs to prune to (default: half the source's)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--wide", type=Path, help="a wider finished run to prune to the small student's size")
+    p.add_argument("--small", type=Path, nargs="+", help="the small student distilled directly (one run per seed)")
     args = p.parse_args()
+    if args.wide:
+        if not args.small:
+            raise SystemExit("--wide needs --small: the small student's runs to compare with")
+        wide_vs_small(args.wide, args.small, args.seeds, args.out, args.dry_run)
+        return
     macs, source_top1, spec = _source_info(args.source)
     target = args.target_macs or macs // 2
     rows = []
