@@ -270,7 +270,7 @@ def _unreachable(planner: ChannelPlanner, job: _Job, kind: str, target: float, s
 def _gap(job: _Job, kind: str, target: float, below: int, above: int | None) -> PruneError:
     """No plan lands within the tolerance under ``target``: name the neighbours and what would help."""
     s = job.settings
-    hints = ("" if s.global_pruning else ", or use {global_pruning}") + (
+    hints = (", or drop {global_pruning}" if s.global_pruning else ", or use {global_pruning}") + (
         ", or lower {round_to}" if s.round_to and s.round_to > 1 else "")
     return PruneError("{target} cannot be met within " + f"{TOLERANCE:.0%}: the nearest achievable sizes are "
                       f"{below:,} (below) and " + (f"{above:,}" if above else "the unpruned size")

@@ -307,6 +307,7 @@ def test_cli_messages_name_the_users_numbers(capsys, source_run: Path, tmp_path:
     assert code == 2 and "--target-params 1k is unreachable with --max-layer-ratio 0.9" in err, err
     code, _, err = invoke(main, capsys, source_run, "--target-params", "39k", "--global", "--out", out)
     assert code == 2 and "--target-params 39k cannot be met within 2%" in err and "--round-to 8" in err, err
+    assert "or drop --global" in err, err  # per-layer ratios build other sizes
     code, _, err = invoke(main, capsys, source_run, "--ratio", "0.5", "--iterative-steps", "0", "--out", out)
     assert code == 2 and "--iterative-steps 0 must be at least 1" in err, err
     assert not out.exists()
