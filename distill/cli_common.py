@@ -132,7 +132,9 @@ def _optim_args(opt: argparse._ArgumentGroup) -> None:
     opt.add_argument("--decay-norm-and-bias", action="store_true", default=S,
                      help="also decay BatchNorm parameters and biases (off by default)")
     opt.add_argument("--schedule", choices=SCHEDULES, default=S, help=_default("schedule").strip(" ()"))
-    opt.add_argument("--warmup-epochs", type=float, default=S, help=_default("warmup_epochs").strip(" ()"))
+    opt.add_argument("--warmup-epochs", type=float, default=S,
+                     help=_default("warmup_epochs").strip(" ()") + "; cosine, sgdr and constant schedules: "
+                          "onecycle ramps up from lr/25 over its first 30%% instead")
     opt.add_argument("--sgdr-t0", type=int, default=S, help="epochs of the first SGDR cycle" + _default("sgdr_t0"))
     opt.add_argument("--sgdr-mult", type=int, default=S, help="SGDR cycle growth" + _default("sgdr_mult"))
     opt.add_argument("--milestones", default=S,
