@@ -72,7 +72,12 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
 
-def wide_vs_small(wide: Path, small: list[Path], seeds: list[int], out: Path, dry_run: bool) -> None:
+def _per_seed(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def wide_vs_small(wide: Path, small: list[Path], seeds: list[int], out: Path, dry_run: bool,
+                  table_only: bool = False) -> None:
     """Prune the wide run to the small student's size at equal total epochs; print both."""
     wide_summary = json.loads((wide / "summary.json").read_text())
     small_summary = json.loads((small[0] / "summary.json").read_text())
@@ -88,17 +93,20 @@ def wide_vs_small(wide: Path, small: list[Path], seeds: list[int], out: Path, dr
         if dry_run:
             print(" ".join(cmd))
             continue
-        if _top1(run) is None:
+        if _top1(run) is None and not table_only:
             subprocess.run(cmd, check=True)
-        top1s.append(_top1(run))
+        if _top1(run) is not None:
+            top1s.append(_top1(run))
     smalls = [t for t in map(_top1, small) if t is not None]
     if top1s and smalls:
-        print(f"equal total epochs ({total}): {wide_summary['model']} trained {wide_summary['epochs']} epochs, "
-              f"pruned to {params:,} params, KD fine-tuned {epochs} | {small_summary['model']} distilled {total}")
-        print("| student | top-1 (mean +- sd) | seeds |")
-        print("|---|---|---|")
-        print(f"| wide pruned to the small one's size | {_mean_sd(top1s)} | {len(top1s)} |")
-        print(f"| small distilled directly | {_mean_sd(smalls)} | {len(smalls)} |")
+        print(f"equal total epochs ({total}): {wide_summary['model']} ({wide_summary['num_params']:,} params, "
+              f"{wide_summary['top1_last']:.2f}%) trained {wide_summary['epochs']} epochs, pruned layer by layer "
+              f"to {params:,} params and KD fine-tuned {epochs} by its unpruned self; {small_summary['model']} "
+              f"distilled {total} epochs")
+        print("| student | top-1 per seed (%) | mean +- sd | seeds |")
+        print("|---|---|---|---|")
+        print(f"| wide pruned to the small one's size | {_per_seed(top1s)} | {_mean_sd(top1s)} | {len(top1s)} |")
+        print(f"| small distilled directly | {_per_seed(smalls)} | {_mean_sd(smalls)} | {len(smalls)} |")
 
 
 def main() -> None:
@@ -109,13 +117,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/prune-recovery"))
     p.add_argument("--target-macs", type=int, default=None, help="MACs to prune to (default: half the source's)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("--table-only", action="store_true", help="run nothing: the table of the runs finished under --out")
     p.add_argument("--wide", type=Path, help="a wider finished run to prune to the small student's size")
     p.add_argument("--small", type=Path, nargs="+", help="the small student distilled directly (one run per seed)")
     args = p.parse_args()
     if args.wide:
         if not args.small:
             raise SystemExit("--wide needs --small: the small student's runs to compare with")
-        wide_vs_small(args.wide, args.small, args.seeds, args.out, args.dry_run)
+        wide_vs_small(args.wide, args.small, args.seeds, args.out, args.dry_run, args.table_only)
         return
     macs, source_top1, spec = _source_info(args.source)
     target = args.target_macs or macs // 2
@@ -130,20 +139,20 @@ def main() -> None:
             if args.dry_run:
                 print(" ".join(cmd))
                 continue
-            if not (out / "summary.json").exists() or not json.loads((out / "summary.json").read_text())["complete"]:
+            if _top1(out) is None and not args.table_only:
                 subprocess.run(cmd, check=True)
-            top1s.append(float(json.loads((out / "summary.json").read_text())["top1_last"]))
+            if _top1(out) is not None:
+                top1s.append(_top1(out))
         if top1s:
-            mean = statistics.mean(top1s)
-            spread = statistics.stdev(top1s) if len(top1s) > 1 else 0.0
-            rows.append((name, mean, spread, mean - source_top1, len(top1s)))
+            flags = " ".join(extra).replace(str(args.source), "SOURCE") or "-"
+            rows.append((name, flags, top1s, statistics.mean(top1s) - source_top1))
     if rows:
         print(f"source top-1 {source_top1:.2f}% at {macs:,} MACs; pruned to at most {target:,} MACs "
-              f"({100 * target / macs:.1f}%)")
-        print("| variant | top-1 after fine-tuning (mean +- sd) | vs unpruned | seeds |")
-        print("|---|---|---|---|")
-        for name, mean, spread, delta, n in rows:
-            print(f"| {name} | {mean:.2f} +- {spread:.2f} | {delta:+.2f} | {n} |")
+              f"({100 * target / macs:.1f}%); baseline: {' '.join(BASELINE)}")
+        print("| variant | flags over the baseline | top-1 per seed (%) | mean +- sd | vs unpruned (points) | seeds |")
+        print("|---|---|---|---|---|---|")
+        for name, flags, top1s, delta in rows:
+            print(f"| {name} | `{flags}` | {_per_seed(top1s)} | {_mean_sd(top1s)} | {delta:+.2f} | {len(top1s)} |")
 
 
 if __name__ == "__main__":

@@ -40,3 +40,16 @@ def test_wide_vs_small_fine_tunes_for_the_epochs_left(tmp_path: Path) -> None:
     assert lines == [f"{sys.executable} -m prune {wide} --target-params 78042 --finetune-epochs 4 --lr 0.05 "
                      f"--teacher r3_111_c32-64-128 --teacher-ckpt {wide} --seed 0 --out "
                      f"{tmp_path / 'o' / 'wide-to-small-seed0'}"]
+
+
+def test_table_only_reads_finished_runs_and_runs_nothing(tmp_path: Path) -> None:
+    source = _run_dir(tmp_path / "src", macs=1000, top1_last=70.0, model="r3_111_c16-32-64")
+    out = tmp_path / "o"
+    _run_dir(out / "baseline-seed0", top1_last=69.0)
+    _run_dir(out / "baseline-seed1", top1_last=69.5)
+    done = subprocess.run([sys.executable, "benchmarks/prune_recovery.py", str(source), "--out", str(out),
+                           "--only", "baseline", "epochs-6", "--table-only"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "| baseline | `-` | 69.00 / 69.50 | 69.25 +- 0.35 | -0.75 | 2 |" in done.stdout
+    assert "epochs-6" not in done.stdout and not (out / "epochs-6-seed0").exists()
