@@ -32,7 +32,8 @@ VARIANTS: dict[str, list[str]] = {
     "baseline": [],
     "epochs-6": ["--finetune-epochs", "6"],
     "lr-0.02": ["--lr", "0.02"],
-    "lr-0.2": ["--lr", "0.2"],  # the source run's peak lr: prune's fine-tuning default before this ablation
+    "lr-0.2": ["--lr", "0.2"],  # the source run's peak lr (prune's default when --lr is not given)
+    "source-recipe": ["--finetune-epochs", "5", "--lr", "0.2"],  # prune's defaults for the CPU-scale source: its 5 epochs, its lr
     "teacher-unpruned": ["--teacher", "SOURCE_SPEC", "--teacher-ckpt", "SOURCE_DIR"],  # the unpruned source teaches
     "sparse-2": ["--sparse-epochs", "2"],
     "iterative-3": ["--iterative-steps", "3"],
