@@ -37,7 +37,7 @@ def test_wide_vs_small_fine_tunes_for_the_epochs_left(tmp_path: Path) -> None:
     wide = _run_dir(tmp_path / "wide", epochs=6, model="r3_111_c32-64-128", num_params=308650, top1_last=78.0)
     small = _run_dir(tmp_path / "small", epochs=10, model="r3_111_c16-32-64", num_params=78042, top1_last=76.0)
     lines = _dry_run(source, "--wide", wide, "--small", small, "--seeds", "0", "--out", tmp_path / "o")
-    assert lines == [f"{sys.executable} -m prune {wide} --target-params 78042 --finetune-epochs 4 --lr 0.05 "
+    assert lines == [f"{sys.executable} -m prune {wide} --target-params 78042 --finetune-epochs 4 "
                      f"--teacher r3_111_c32-64-128 --teacher-ckpt {wide} --seed 0 --out "
                      f"{tmp_path / 'o' / 'wide-to-small-seed0'}"]
 
