@@ -104,7 +104,7 @@ def wide_vs_small(wide: Path, small: list[Path], seeds: list[int], out: Path, dr
         print(f"equal total epochs ({total}): {wide_summary['model']} ({wide_summary['num_params']:,} params, "
               f"{wide_summary['top1_last']:.2f}%) trained {wide_summary['epochs']} epochs, pruned layer by layer "
               f"to {params:,} params and KD fine-tuned {epochs} by its unpruned self; {small_summary['model']} "
-              f"distilled {total} epochs")
+              f"distilled {total} epochs\n")
         print("| student | top-1 per seed (%) | mean +- sd | seeds |")
         print("|---|---|---|---|")
         print(f"| wide pruned to the small one's size | {_per_seed(top1s)} | {_mean_sd(top1s)} | {len(top1s)} |")
@@ -150,7 +150,7 @@ def main() -> None:
             rows.append((name, flags, top1s, statistics.mean(top1s) - source_top1))
     if rows:
         print(f"source top-1 {source_top1:.2f}% at {macs:,} MACs; pruned to at most {target:,} MACs "
-              f"({100 * target / macs:.1f}%); baseline: {' '.join(BASELINE)}")
+              f"({100 * target / macs:.1f}%); baseline: `{' '.join(BASELINE)}`\n")
         print("| variant | flags over the baseline | top-1 per seed (%) | mean +- sd | vs unpruned (points) | seeds |")
         print("|---|---|---|---|---|---|")
         for name, flags, top1s, delta in rows:
