@@ -425,8 +425,9 @@ def _sparse_stage(args, cfg: TrainConfig, model, out: Path, source_arch: dict[st
     sparse_cfg = cfg.replace(epochs=args.sparse_epochs, init_ckpt=str(start))
     hook_holder: dict[str, Any] = {}
 
-    def make_hook(net):
-        hook_holder.setdefault("hook", sparsity_regularizer(net, args.sparse_method, args.sparse_reg))
+    def make_hook(net):  # the regulariser's dependency graph is built once, on the first step's model
+        if "hook" not in hook_holder:
+            hook_holder["hook"] = sparsity_regularizer(net, args.sparse_method, args.sparse_reg)
         hook_holder["hook"](net)
 
     with RichReporter("sparse") as reporter:

@@ -202,6 +202,7 @@ def _trace(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], s:
            macs_total: int | None) -> ChannelPlanner:
     """The dependency graph of ``model``; a model torch-pruning cannot trace (its forward fails on ``example``,
     or the graph has an operation torch-pruning does not know) is a :class:`PruneError`, not a traceback."""
+    training = model.training  # torch-pruning's tracer leaves the model in eval mode
     try:
         return ChannelPlanner(model, example, ignored_layers=ignored, round_to=s.round_to or 1,
                               max_layer_ratio=s.max_layer_ratio, macs_total=macs_total)
@@ -209,6 +210,8 @@ def _trace(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], s:
         first = (str(err).strip().splitlines() or [""])[0][:200].replace("{", "{{").replace("}", "}}")
         raise PruneError(f"{type(model).__name__} cannot be traced for pruning on an input of shape "
                          f"{tuple(example.shape)} ({type(err).__name__}: {first})") from None
+    finally:
+        model.train(training)
 
 
 def _candidates(planner: ChannelPlanner, global_pruning: bool) -> list:
@@ -441,14 +444,18 @@ def sparsity_regularizer(model: nn.Module, method: str, reg: float,
     """
     ignored = [model.get_classifier()] if hasattr(model, "get_classifier") else []
     example = _example(model, input_size)
-    if method == "group-norm":
-        pruner = tp.pruner.GroupNormPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                           reg=reg, ignored_layers=ignored)
-    elif method == "bn-scale":
-        pruner = tp.pruner.BNScalePruner(model, example, importance=tp.importance.BNScaleImportance(), reg=reg,
-                                         ignored_layers=ignored)
-    else:
-        raise PruneError(f"unknown sparsity method {method!r}; choose group-norm or bn-scale")
+    training = model.training  # torch-pruning's tracer leaves the model in eval mode: training on in it diverged
+    try:
+        if method == "group-norm":
+            pruner = tp.pruner.GroupNormPruner(model, example, reg=reg, ignored_layers=ignored,
+                                               importance=tp.importance.GroupMagnitudeImportance(p=2))
+        elif method == "bn-scale":
+            pruner = tp.pruner.BNScalePruner(model, example, importance=tp.importance.BNScaleImportance(), reg=reg,
+                                             ignored_layers=ignored)
+        else:
+            raise PruneError(f"unknown sparsity method {method!r}; choose group-norm or bn-scale")
+    finally:
+        model.train(training)
 
     def hook(net: nn.Module) -> None:
         pruner.regularize(net)
