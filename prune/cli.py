@@ -212,11 +212,15 @@ def _cost_table(title: str, before: students.CostReport, after: students.CostRep
     return table
 
 
+def _as_given(args: argparse.Namespace, kind: str) -> Any:
+    """The target as the user wrote it (``50%``, ``4.9M``, ``0.5``)."""
+    return {"params": args.target_params, "macs": args.target_macs, "ratio": args.ratio}[kind]
+
+
 def _flag_names(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """How the library's argument names read on this command line (PruneError.render)."""
-    user_target = {"params": args.target_params, "macs": args.target_macs, "ratio": args.ratio}[kind]
     return {
-        "target": lambda v: f"--target-{kind} {user_target}",
+        "target": lambda v: f"--target-{kind} {_as_given(args, kind)}",
         "ratio": lambda v: f"--ratio {v}",
         "round_to": lambda v: f"--round-to {v}",
         "max_layer_ratio": lambda v: f"--max-layer-ratio {v}",
@@ -375,8 +379,7 @@ def _report(args, kind: str, target: float, result: PruneResult, cost_before, co
                               f"{'global' if args.global_pruning else 'per-layer'}, round-to {args.round_to})",
                               cost_before, cost_after))
     if kind != "ratio":
-        asked = args.target_params if kind == "params" else args.target_macs
-        console.print(f"target {kind}: {asked} ({target:,.0f})  achieved: {result.after:,} "
+        console.print(f"target {kind}: {_as_given(args, kind)} ({target:,.0f})  achieved: {result.after:,} "
                       f"({100.0 * (target - result.after) / target:.2f}% under the target)")
     console.print(f"pruning took {result.seconds:.1f} s and removed {100 * result.ratio:.1f}% of the prunable "
                   "channels")
@@ -389,8 +392,7 @@ def _record(args, ckpt_path: Path, kind: str, target: float, result: PruneResult
     """What prune.json keeps (the fine-tuning run's summary.json embeds it as ``pruned``)."""
     return {
         "source": str(ckpt_path),
-        "target": {"kind": kind, "value": target,
-                   "as_given": {"params": args.target_params, "macs": args.target_macs, "ratio": args.ratio}[kind]},
+        "target": {"kind": kind, "value": target, "as_given": _as_given(args, kind)},
         "importance": args.importance,
         "global": args.global_pruning,
         "iterative_steps": args.iterative_steps,

@@ -12,10 +12,11 @@ rebuilds it). Works on any module torch-pruning can trace (a timm model, a custo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -198,20 +199,29 @@ class _Job:
         return self._planner
 
 
+@contextlib.contextmanager
+def _keeps_mode(model: nn.Module) -> Iterator[None]:
+    """Building a torch-pruning graph leaves the model in eval mode; put back the mode it had (a sparse stage that
+    trained on in eval mode, BatchNorm on running statistics, diverged to NaN within 30 steps)."""
+    training = model.training
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
 def _trace(model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], s: PruneSettings,
            macs_total: int | None) -> ChannelPlanner:
     """The dependency graph of ``model``; a model torch-pruning cannot trace (its forward fails on ``example``,
     or the graph has an operation torch-pruning does not know) is a :class:`PruneError`, not a traceback."""
-    training = model.training  # torch-pruning's tracer leaves the model in eval mode
     try:
-        return ChannelPlanner(model, example, ignored_layers=ignored, round_to=s.round_to or 1,
-                              max_layer_ratio=s.max_layer_ratio, macs_total=macs_total)
+        with _keeps_mode(model):
+            return ChannelPlanner(model, example, ignored_layers=ignored, round_to=s.round_to or 1,
+                                  max_layer_ratio=s.max_layer_ratio, macs_total=macs_total)
     except Exception as err:  # noqa: BLE001 - tracing raises whatever the model's forward or torch-pruning raises
         first = (str(err).strip().splitlines() or [""])[0][:200].replace("{", "{{").replace("}", "}}")
         raise PruneError(f"{type(model).__name__} cannot be traced for pruning on an input of shape "
                          f"{tuple(example.shape)} ({type(err).__name__}: {first})") from None
-    finally:
-        model.train(training)
 
 
 def _candidates(planner: ChannelPlanner, global_pruning: bool) -> list:
@@ -444,8 +454,7 @@ def sparsity_regularizer(model: nn.Module, method: str, reg: float,
     """
     ignored = [model.get_classifier()] if hasattr(model, "get_classifier") else []
     example = _example(model, input_size)
-    training = model.training  # torch-pruning's tracer leaves the model in eval mode: training on in it diverged
-    try:
+    with _keeps_mode(model):
         if method == "group-norm":
             pruner = tp.pruner.GroupNormPruner(model, example, reg=reg, ignored_layers=ignored,
                                                importance=tp.importance.GroupMagnitudeImportance(p=2))
@@ -454,8 +463,6 @@ def sparsity_regularizer(model: nn.Module, method: str, reg: float,
                                              ignored_layers=ignored)
         else:
             raise PruneError(f"unknown sparsity method {method!r}; choose group-norm or bn-scale")
-    finally:
-        model.train(training)
 
     def hook(net: nn.Module) -> None:
         pruner.regularize(net)
