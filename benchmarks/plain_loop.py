@@ -12,6 +12,7 @@ top-1 (issue "Show that distillation works", second finding):
     --schedule torch|project    torch's OneCycleLR (cosine ramp) or the project's lr_at (linear ramp)
     --nesterov                  Nesterov momentum (the project's default)
     --no-bn-decay               no weight decay on BatchNorm and biases (the project's default)
+    --crop-padding 0            no random crop, flips only (the CLI's `--crop-padding 0`)
 
     python benchmarks/plain_loop.py --student r3_111_c16-32-64 --epochs 5 --seed 0
     python benchmarks/plain_loop.py --student r3_111_c16-32-64 --epochs 5 --teacher-run runs/t --seed 0
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pad", choices=("zero", "reflect"), default="zero")
+    p.add_argument("--crop-padding", type=int, default=4, help="pixels of padding for the random crop; 0: flips only")
     p.add_argument("--schedule", choices=("torch", "project"), default="torch")
     p.add_argument("--nesterov", action="store_true")
     p.add_argument("--no-bn-decay", action="store_true")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         order = torch.randperm(len(y_train), generator=gen)
         for b in range(steps):
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            x = (augment(x_train[idx], 4, args.pad, gen).float() / 255 - mean) / std
+            x = (augment(x_train[idx], args.crop_padding, args.pad, gen).float() / 255 - mean) / std
             y = y_train[idx]
             if lr_fn is not None:
                 for g in opt.param_groups:
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.3f} test top-1 {acc:.2f}% "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     result = {"student": args.student, "epochs": args.epochs, "seed": args.seed, "pad": args.pad,
+              "crop_padding": args.crop_padding,
               "schedule": args.schedule, "nesterov": args.nesterov, "bn_decay": not args.no_bn_decay,
               "teacher": str(args.teacher_run) if args.teacher_run else None, "top1": acc,
               "seconds": time.perf_counter() - start, "threads": torch.get_num_threads()}
