@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shlex
 import statistics
@@ -43,15 +44,18 @@ class Scale:
     lr: float  # peak, for batch_size images per step
     epochs: tuple[int, ...]  # student epochs compared
     subset: tuple[str, ...] = ()  # extra data flags (the smoke scale's subsets)
+    # A longer-trained teacher (label smoothing 0) for KD and KD + mixing at the longest student schedule: at 10
+    # epochs the student alone passes the 6-epoch teacher, so only a stronger teacher can say whether mixing pays.
+    long_teacher_epochs: int | None = None
 
 
 SCALES = {
     # The recipe of the issue's plain-PyTorch comparison: 308k teacher 6 epochs, 78k student, one-cycle SGD
     # lr 0.2, batch 256, KD T=4 with weight 0.9.
     "cpu": Scale(teacher="r3_111_c32-64-128", student="r3_111_c16-32-64", teacher_epochs=6, batch_size=256,
-                 lr=0.2, epochs=(5, 10)),
+                 lr=0.2, epochs=(5, 10), long_teacher_epochs=15),
     "smoke": Scale(teacher="r2_11_c8-16", student="r2_11_c8-16", teacher_epochs=1, batch_size=50, lr=0.05,
-                   epochs=(1,), subset=("--train-subset", "300", "--test-subset", "100")),
+                   epochs=(1,), subset=("--train-subset", "300", "--test-subset", "100"), long_teacher_epochs=2),
 }
 
 
@@ -67,7 +71,7 @@ class Job:
 
 def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: str,
          only: tuple[str, ...] = ()) -> list[Job]:
-    """Every run, most informative first (or the runs named in ``only``, in that order, after the teachers)."""
+    """Every run, most informative first (or the runs named in ``only``, in that order, after their teachers)."""
     py = [sys.executable, "-m", "distill"]
     common = ["--data", data, *scale.subset, "--batch-size", str(scale.batch_size), "--lr", str(scale.lr),
               "--device", device]
@@ -76,6 +80,12 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
                                 "--schedule", "onecycle", "--label-smoothing", str(ls), *common, "--seed", "0"])
         for ls in ("0.0", "0.1")
     ]
+    long_teacher = None
+    if scale.long_teacher_epochs:
+        long_teacher = f"teacher-ls0.0-{scale.long_teacher_epochs}ep"
+        jobs.append(Job(long_teacher, [*py, "teacher", "--teacher", scale.teacher, "--epochs",
+                                       str(scale.long_teacher_epochs), "--schedule", "onecycle", "--label-smoothing",
+                                       "0.0", *common, "--seed", "0"]))
     schedules = {"onecycle": ["--schedule", "onecycle"],
                  "cosine": ["--schedule", "cosine", "--warmup-epochs", "1"]}
     kd = ["--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.9"]
@@ -97,6 +107,10 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
                   (f"KD onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0", kd)]
     cells += [(f"KD+mix onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0", kd + mix)
               for epochs in scale.epochs]
+    if long_teacher:
+        last, label = scale.epochs[-1], f"teacher {scale.long_teacher_epochs}ep"
+        cells += [(f"KD onecycle {last}ep, {label}", "onecycle", last, long_teacher, kd),
+                  (f"KD+mix onecycle {last}ep, {label}", "onecycle", last, long_teacher, kd + mix)]
     for cell, sched, epochs, teacher, flags in cells:
         for seed in seeds:
             name = cell.replace(",", "").replace(" ", "-").replace(".", "").replace("+", "") + f"-s{seed}"
@@ -113,7 +127,8 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
         if unknown := [n for n in only if n not in known]:
             raise SystemExit(f"error: --only names unknown runs {unknown}; runs are: {', '.join(known)}")
         picked = [known[n] for n in only]
-        return [j for j in jobs if j.cell is None] + picked  # the teachers (reused when done), then in that order
+        needed = {n for j in picked for n in j.needs}  # their teachers (reused when done), then in that order
+        return [j for j in jobs if j.cell is None and j.name in needed] + picked
     return sorted(jobs, key=lambda j: (j.cell is not None, f"{first}ep" not in (j.cell or f"{first}ep"), j.seed,
                                        order[id(j)]))
 
@@ -174,6 +189,15 @@ def _result(fut: Future, job: Job) -> dict:
         return {"failed": str(err).splitlines()[0]}
 
 
+def _recorded(path: Path) -> dict:
+    """The run summaries a previous call wrote (``kd_ablation_<scale>.json``); empty when absent or unreadable."""
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return runs if isinstance(runs, dict) else {}
+
+
 def _stats(values: list[float]) -> str:
     if not values:
         return "-"
@@ -196,7 +220,11 @@ def table(jobs: list[Job], scale: Scale) -> list[str]:
         ref_cell = "ref " + " ".join(cell.split(",")[0].split()[1:3])
         refs = {r.seed: r.summary["top1_last"] for r in by_cell.get(ref_cell, [])}
         gains = [r.summary["top1_last"] - refs[r.seed] for r in runs if r.seed in refs and not cell.startswith("ref")]
-        kd_cell = "KD " + " ".join(cell.split(",")[0].split()[1:3]) + ", teacher LS 0"
+        # "vs KD": against KD with the same schedule and epochs, from the same teacher when it is a longer-trained
+        # one ("teacher 15ep"), else from the 6-epoch teacher without label smoothing.
+        suffix = cell.split(",", 1)[1].strip() if "," in cell else ""
+        suffix = suffix if suffix.startswith("teacher ") and suffix.endswith("ep") else "teacher LS 0"
+        kd_cell = "KD " + " ".join(cell.split(",")[0].split()[1:3]) + ", " + suffix
         kds = {r.seed: r.summary["top1_last"] for r in by_cell.get(kd_cell, [])}
         vs_kd = [r.summary["top1_last"] - kds[r.seed] for r in runs if r.seed in kds and cell != kd_cell
                  and not cell.startswith("ref")]
@@ -224,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="",
                         help="comma-separated run names to run, in this order (the table still shows every finished run)")
     parser.add_argument("--table-only", action="store_true",
-                        help="train nothing: the table from the runs already finished under --work")
+                        help="train nothing: the table from the runs already finished under --work (runs not there "
+                             "are taken from the results' kd_ablation_<scale>.json, as recorded when they finished)")
     args = parser.parse_args(argv)
     scale = SCALES[args.scale]
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -235,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         only = tuple(n.strip() for n in args.only.split(",") if n.strip())
         execute(plan(scale, args.data, work, seeds, args.device, only), work, args.jobs, args.threads)
+    recorded = 0
     if args.table_only or args.only:
+        previous = _recorded(args.results / f"kd_ablation_{args.scale}.json")
         for job in jobs:
             job.summary = finished_summary(work / job.name) or {}
+            if not job.summary and "top1_last" in previous.get(job.name, {}):
+                job.summary, recorded = {**previous[job.name], "recorded": True}, recorded + 1
     else:
         execute(jobs, work, args.jobs, args.threads)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
@@ -246,9 +279,13 @@ def main(argv: list[str] | None = None) -> int:
               f"UTC, commit {commit.strip()}, {device}, {args.jobs} runs at a time)", "",
               f"Command: `python benchmarks/kd_ablation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`"
               + (" (the table of the runs finished under the work folder; each run's command is in "
-                 f"`kd_ablation_{args.scale}.json`). " if args.table_only else ". ") +
+                 f"`kd_ablation_{args.scale}.json`). " if args.table_only or args.only else ". ") +
+              (f"{recorded} runs not under the work folder are as recorded in that file when they finished. "
+               if recorded else "") +
               f"Teacher {scale.teacher} ({scale.teacher_epochs} epochs, one-cycle), student {scale.student}, batch "
-              f"{scale.batch_size}, lr {scale.lr}, KD T=4 weight 0.9, top-1 (%) at the last epoch on the test set.",
+              f"{scale.batch_size}, lr {scale.lr}, KD T=4 weight 0.9, top-1 (%) at the last epoch on the test set."
+              + (f" Cells marked `teacher {scale.long_teacher_epochs}ep` distil from the same teacher trained "
+                 f"{scale.long_teacher_epochs} epochs (label smoothing 0)." if scale.long_teacher_epochs else ""),
               ""]
     total = "" if args.table_only else f"\n\nTotal {time.perf_counter() - started:.0f} s.\n"
     block = "\n".join(header + table(jobs, scale)) + total

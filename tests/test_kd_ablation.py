@@ -9,9 +9,10 @@ import pytest
 
 from conftest import cifar10_tarball_or_skip, import_benchmarks
 
-pytestmark = pytest.mark.slow
 
 
+
+@pytest.mark.slow
 def test_kd_ablation_smoke_writes_its_table(tmp_path: Path) -> None:
     tarball = cifar10_tarball_or_skip()
     (kd_ablation,) = import_benchmarks("kd_ablation")
@@ -20,9 +21,13 @@ def test_kd_ablation_smoke_writes_its_table(tmp_path: Path) -> None:
             "--data", str(tarball)]
     assert kd_ablation.main(argv) == 0
     runs = json.loads((results / "kd_ablation_smoke.json").read_text())
-    assert {"teacher-ls0.0", "teacher-ls0.1"} <= set(runs)
+    assert {"teacher-ls0.0", "teacher-ls0.1", "teacher-ls0.0-2ep"} <= set(runs)
+    assert runs["teacher-ls0.0-2ep"]["epochs_done"] == 2
     cells = {r["cell"] for r in runs.values() if r["cell"]}
     assert "ref onecycle 1ep" in cells and "KD cosine 1ep, teacher LS 0.1" in cells
+    assert {"KD onecycle 1ep, teacher 2ep", "KD+mix onecycle 1ep, teacher 2ep"} <= cells
+    mix_long = next(r for r in runs.values() if r["cell"] == "KD+mix onecycle 1ep, teacher 2ep")
+    assert "teacher-ls0.0-2ep" in mix_long["cmd"] and "--cutmix" in mix_long["cmd"]
     for run in runs.values():
         assert run["complete"] and 0 <= run["top1_last"] <= 100
     kd = next(r for r in runs.values() if r["cell"] == "KD onecycle 1ep, teacher LS 0")
@@ -32,3 +37,24 @@ def test_kd_ablation_smoke_writes_its_table(tmp_path: Path) -> None:
     # A second call reuses every finished run instead of training again.
     assert kd_ablation.main(argv) == 0
     assert all(r.get("reused") for r in json.loads((results / "kd_ablation_smoke.json").read_text()).values())
+    # The table rebuilt on a machine without the run folders comes from the summaries recorded in the json.
+    empty = tmp_path / "elsewhere"
+    assert kd_ablation.main([*argv[:2], "--work", str(empty), *argv[4:], "--table-only"]) == 0
+    text = (results / "RESULTS.md").read_text()
+    assert "| KD+mix onecycle 1ep, teacher 2ep |" in text and "as recorded in that file" in text
+    assert all(r.get("recorded") for r in json.loads((results / "kd_ablation_smoke.json").read_text()).values())
+
+
+def test_only_plans_the_named_runs_after_their_own_teachers(tmp_path: Path) -> None:
+    (kd_ablation,) = import_benchmarks("kd_ablation")
+    scale = kd_ablation.SCALES["cpu"]
+    names = lambda jobs: [j.name for j in jobs]  # noqa: E731
+    assert names(kd_ablation.plan(scale, "d", tmp_path, (0, 1), "cpu", only=("ref-onecycle-10ep-s1",))) == [
+        "ref-onecycle-10ep-s1"]
+    picked = kd_ablation.plan(scale, "d", tmp_path, (0, 1), "cpu",
+                              only=("KDmix-onecycle-10ep-teacher-15ep-s1", "KD-onecycle-10ep-teacher-15ep-s0"))
+    assert names(picked) == ["teacher-ls0.0-15ep", "KDmix-onecycle-10ep-teacher-15ep-s1",
+                             "KD-onecycle-10ep-teacher-15ep-s0"]
+    assert "--epochs 15" in " ".join(picked[0].cmd) and "--label-smoothing 0.0" in " ".join(picked[0].cmd)
+    with pytest.raises(SystemExit, match="unknown runs"):
+        kd_ablation.plan(scale, "d", tmp_path, (0,), "cpu", only=("KD-onecycle-20ep-s0",))
