@@ -10,8 +10,6 @@ import pytest
 from conftest import cifar10_tarball_or_skip, import_benchmarks
 
 
-
-
 @pytest.mark.slow
 def test_kd_ablation_smoke_writes_its_table(tmp_path: Path) -> None:
     tarball = cifar10_tarball_or_skip()
