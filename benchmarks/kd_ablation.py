@@ -13,7 +13,7 @@ each with ``OMP_NUM_THREADS = 2 / jobs`` (two trainings sharing 2 cores with mor
 5-9x). The table (mean and spread over seeds, gain over the reference) goes between markers in
 ``docs/RESULTS.md`` and the raw summaries to ``docs/kd_ablation_<scale>.json``.
 
-    python benchmarks/kd_ablation.py --scale cpu                 # ~2 h on 2 cores, 2 seeds
+    python benchmarks/kd_ablation.py --scale cpu                 # hours on 2 cores (the 15-epoch teacher: 79 min)
     python benchmarks/kd_ablation.py --scale smoke --work /tmp/a --results /tmp/a   # a few hundred images
 """
 
