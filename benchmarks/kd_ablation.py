@@ -75,17 +75,14 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
     py = [sys.executable, "-m", "distill"]
     common = ["--data", data, *scale.subset, "--batch-size", str(scale.batch_size), "--lr", str(scale.lr),
               "--device", device]
-    jobs = [
-        Job(f"teacher-ls{ls}", [*py, "teacher", "--teacher", scale.teacher, "--epochs", str(scale.teacher_epochs),
-                                "--schedule", "onecycle", "--label-smoothing", str(ls), *common, "--seed", "0"])
-        for ls in ("0.0", "0.1")
-    ]
+    teachers = [(f"teacher-ls{ls}", ls, scale.teacher_epochs) for ls in ("0.0", "0.1")]
     long_teacher = None
     if scale.long_teacher_epochs:
         long_teacher = f"teacher-ls0.0-{scale.long_teacher_epochs}ep"
-        jobs.append(Job(long_teacher, [*py, "teacher", "--teacher", scale.teacher, "--epochs",
-                                       str(scale.long_teacher_epochs), "--schedule", "onecycle", "--label-smoothing",
-                                       "0.0", *common, "--seed", "0"]))
+        teachers.append((long_teacher, "0.0", scale.long_teacher_epochs))
+    jobs = [Job(name, [*py, "teacher", "--teacher", scale.teacher, "--epochs", str(epochs), "--schedule", "onecycle",
+                       "--label-smoothing", ls, *common, "--seed", "0"])
+            for name, ls, epochs in teachers]
     schedules = {"onecycle": ["--schedule", "onecycle"],
                  "cosine": ["--schedule", "cosine", "--warmup-epochs", "1"]}
     kd = ["--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.9"]
