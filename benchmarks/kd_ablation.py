@@ -47,15 +47,36 @@ class Scale:
     # A longer-trained teacher (label smoothing 0) for KD and KD + mixing at the longest student schedule: at 10
     # epochs the student alone passes the 6-epoch teacher, so only a stronger teacher can say whether mixing pays.
     long_teacher_epochs: int | None = None
+    # Where mixing starts to pay: KD and KD + mixing from the long teacher on a class-balanced subset of this
+    # many training images, at each of ``mix_epochs`` (many passes over the same images, for the same compute
+    # as a few full-data epochs), each against the student alone on the same subset.
+    mix_subset: int | None = None
+    mix_epochs: tuple[int, ...] = ()
+    eval_every: int = 1  # epochs between test evaluations in the subset study (the last epoch always)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the table: a student recipe run once per seed, and the rows it is compared with."""
+
+    name: str
+    schedule: str
+    epochs: int
+    teacher: str | None = None  # teacher run under --work; None = the student alone
+    flags: tuple[str, ...] = ()  # distillation and mixing flags
+    data: tuple[str, ...] = ()  # extra data flags (the subset study's)
+    ref: str | None = None  # the no-teacher cell it gains over
+    kd: str | None = None  # the plain-KD cell (same teacher, schedule, epochs, data) a variant is compared with
 
 
 SCALES = {
     # The recipe of the issue's plain-PyTorch comparison: 308k teacher 6 epochs, 78k student, one-cycle SGD
     # lr 0.2, batch 256, KD T=4 with weight 0.9.
     "cpu": Scale(teacher="r3_111_c32-64-128", student="r3_111_c16-32-64", teacher_epochs=6, batch_size=256,
-                 lr=0.2, epochs=(5, 10), long_teacher_epochs=15),
+                 lr=0.2, epochs=(5, 10), long_teacher_epochs=15, mix_subset=5000, mix_epochs=(15, 60), eval_every=5),
     "smoke": Scale(teacher="r2_11_c8-16", student="r2_11_c8-16", teacher_epochs=1, batch_size=50, lr=0.05,
-                   epochs=(1,), subset=("--train-subset", "300", "--test-subset", "100"), long_teacher_epochs=2),
+                   epochs=(1,), subset=("--train-subset", "300", "--test-subset", "100"), long_teacher_epochs=2,
+                   mix_subset=200, mix_epochs=(1, 2)),
 }
 
 
@@ -64,7 +85,7 @@ class Job:
     name: str  # run directory name under --work
     cmd: list[str]
     needs: tuple[str, ...] = ()
-    cell: str | None = None  # the table cell a student run belongs to
+    cell: Cell | None = None  # the table row a student run belongs to; None for teachers
     seed: int = 0
     summary: dict = field(default_factory=dict)
 
@@ -87,35 +108,50 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
                  "cosine": ["--schedule", "cosine", "--warmup-epochs", "1"]}
     kd = ["--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.9"]
     mix = ["--mixup", "0.2", "--cutmix", "1.0", "--mix-prob", "0.5"]
-    cells = []  # (cell, schedule, epochs, teacher run or None, distillation flags)
+    cells: list[Cell] = []
     first = scale.epochs[0]
+
+    def pair(sched: str, epochs: int, teacher: str, label: str, variants: dict[str, list[str]],
+             data: tuple[str, ...] = (), tag: str = "") -> list[Cell]:
+        """The reference, KD and KD's variants at one schedule: ``{prefix: flags}`` without "ref" and "KD"."""
+        ref = Cell(f"ref {sched} {epochs}ep{tag}", sched, epochs, data=data)
+        kd_cell = Cell(f"KD {sched} {epochs}ep{tag}, {label}", sched, epochs, teacher, tuple(kd), data, ref.name)
+        return [ref, kd_cell, *(Cell(f"{prefix} {sched} {epochs}ep{tag}, {label}", sched, epochs, teacher,
+                                     tuple(flags), data, ref.name, kd_cell.name)
+                                for prefix, flags in variants.items())]
+
     for sched in schedules:
-        cells += [(f"ref {sched} {first}ep", sched, first, None, []),
-                  (f"KD {sched} {first}ep, teacher LS 0", sched, first, "teacher-ls0.0", kd),
-                  (f"KD {sched} {first}ep, teacher LS 0.1", sched, first, "teacher-ls0.1", kd)]
+        cells += pair(sched, first, "teacher-ls0.0", "teacher LS 0", {})
+        cells.append(Cell(f"KD {sched} {first}ep, teacher LS 0.1", sched, first, "teacher-ls0.1", tuple(kd),
+                          ref=f"ref {sched} {first}ep", kd=f"KD {sched} {first}ep, teacher LS 0"))
     # The other logit losses at their published defaults (DKD's warm-up scaled to the run), and mixing.
-    cells += [(f"DKD onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0", ["--kd-loss", "dkd"]),
-              (f"DIST onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0", ["--kd-loss", "dist"]),
-              # beyond logits: KD plus attention transfer (Zagoruyko & Komodakis) at its default weight
-              (f"KD+AT onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0",
-               ["--kd-loss", "kd+at", "--temperature", "4", "--kd-weight", "0.9"])]
+    base = {c.name: c for c in cells}[f"KD onecycle {first}ep, teacher LS 0"]
+    for prefix, flags in {"DKD": ["--kd-loss", "dkd"], "DIST": ["--kd-loss", "dist"],
+                          # beyond logits: KD plus attention transfer (Zagoruyko & Komodakis) at its default weight
+                          "KD+AT": ["--kd-loss", "kd+at", "--temperature", "4", "--kd-weight", "0.9"]}.items():
+        cells.append(Cell(f"{prefix} onecycle {first}ep, teacher LS 0", "onecycle", first, "teacher-ls0.0",
+                          tuple(flags), ref=base.ref, kd=base.name))
     for epochs in scale.epochs[1:]:
-        cells += [(f"ref onecycle {epochs}ep", "onecycle", epochs, None, []),
-                  (f"KD onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0", kd)]
-    cells += [(f"KD+mix onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0", kd + mix)
+        cells += pair("onecycle", epochs, "teacher-ls0.0", "teacher LS 0", {})
+    cells += [Cell(f"KD+mix onecycle {epochs}ep, teacher LS 0", "onecycle", epochs, "teacher-ls0.0",
+                   tuple(kd + mix), ref=f"ref onecycle {epochs}ep", kd=f"KD onecycle {epochs}ep, teacher LS 0")
               for epochs in scale.epochs]
     if long_teacher:
         last, label = scale.epochs[-1], f"teacher {scale.long_teacher_epochs}ep"
-        cells += [(f"KD onecycle {last}ep, {label}", "onecycle", last, long_teacher, kd),
-                  (f"KD+mix onecycle {last}ep, {label}", "onecycle", last, long_teacher, kd + mix)]
-    for cell, sched, epochs, teacher, flags in cells:
+        cells += pair("onecycle", last, long_teacher, label, {"KD+mix": kd + mix})[1:]  # its reference is above
+        if scale.mix_subset:
+            data = ("--train-subset", str(scale.mix_subset), "--eval-every", str(scale.eval_every))
+            for epochs in scale.mix_epochs:
+                cells += pair("onecycle", epochs, long_teacher, label, {"KD+mix": kd + mix}, data,
+                              f", {scale.mix_subset // 1000 or scale.mix_subset}{'k' * (scale.mix_subset >= 1000)} images")
+    for cell in cells:
         for seed in seeds:
-            name = cell.replace(",", "").replace(" ", "-").replace(".", "").replace("+", "") + f"-s{seed}"
-            distil = [] if teacher is None else ["--teacher", scale.teacher, "--teacher-ckpt", str(work / teacher),
-                                                 *flags]
-            cmd = [*py, "run", "--student", scale.student, "--epochs", str(epochs), *schedules[sched], *distil,
-                   *common, "--seed", str(seed)]
-            jobs.append(Job(name, cmd, needs=() if teacher is None else (teacher,), cell=cell, seed=seed))
+            name = cell.name.replace(",", "").replace(" ", "-").replace(".", "").replace("+", "") + f"-s{seed}"
+            distil = [] if cell.teacher is None else ["--teacher", scale.teacher, "--teacher-ckpt",
+                                                      str(work / cell.teacher), *cell.flags]
+            cmd = [*py, "run", "--student", scale.student, "--epochs", str(cell.epochs), *schedules[cell.schedule],
+                   *distil, *common, *cell.data, "--seed", str(seed)]
+            jobs.append(Job(name, cmd, needs=() if cell.teacher is None else (cell.teacher,), cell=cell, seed=seed))
     # Seed-major: every factor's effect at one seed comes first, then the second seed, then the longer runs,
     # so a benchmark cut short by the clock still answers the main question.
     order = {id(j): i for i, j in enumerate(jobs)}
@@ -126,8 +162,8 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
         picked = [known[n] for n in only]
         needed = {n for j in picked for n in j.needs}  # their teachers (reused when done), then in that order
         return [j for j in jobs if j.cell is None and j.name in needed] + picked
-    return sorted(jobs, key=lambda j: (j.cell is not None, f"{first}ep" not in (j.cell or f"{first}ep"), j.seed,
-                                       order[id(j)]))
+    return sorted(jobs, key=lambda j: (j.cell is not None, j.cell is not None and j.cell.epochs != first
+                                       or j.cell is not None and bool(j.cell.data), j.seed, order[id(j)]))
 
 
 def _say(text: str) -> None:
@@ -204,32 +240,27 @@ def _stats(values: list[float]) -> str:
 
 
 def table(jobs: list[Job], scale: Scale) -> list[str]:
-    """One row per cell: top-1 per seed, mean ± half-range, and the gain over its reference per seed."""
+    """One row per cell: top-1 per seed, mean ± half-range, the gain over its reference per seed, and a KD
+    variant's difference to plain KD (same teacher, schedule, epochs and data)."""
     by_cell: dict[str, list[Job]] = {}
     for job in jobs:
         if job.cell and "top1_last" in job.summary:
-            by_cell.setdefault(job.cell, []).append(job)
+            by_cell.setdefault(job.cell.name, []).append(job)
     lines = ["| cell | top-1 per seed (%) | mean ± half-range | gain over reference (points, per seed) | mean gain "
              "| vs KD (points, mean) |", "|---|---|---|---|---|---|"]
-    teachers = [j for j in jobs if j.cell is None]
-    for cell, runs in by_cell.items():
+
+    def against(runs: list[Job], other: str | None) -> list[float]:
+        tops = {r.seed: r.summary["top1_last"] for r in by_cell.get(other or "", [])}
+        return [r.summary["top1_last"] - tops[r.seed] for r in runs if r.seed in tops]
+
+    for name, runs in by_cell.items():
         top1 = [r.summary["top1_last"] for r in runs]
-        ref_cell = "ref " + " ".join(cell.split(",")[0].split()[1:3])
-        refs = {r.seed: r.summary["top1_last"] for r in by_cell.get(ref_cell, [])}
-        gains = [r.summary["top1_last"] - refs[r.seed] for r in runs if r.seed in refs and not cell.startswith("ref")]
-        # "vs KD": against KD with the same schedule and epochs, from the same teacher when it is a longer-trained
-        # one ("teacher 15ep"), else from the 6-epoch teacher without label smoothing.
-        suffix = cell.split(",", 1)[1].strip() if "," in cell else ""
-        suffix = suffix if suffix.startswith("teacher ") and suffix.endswith("ep") else "teacher LS 0"
-        kd_cell = "KD " + " ".join(cell.split(",")[0].split()[1:3]) + ", " + suffix
-        kds = {r.seed: r.summary["top1_last"] for r in by_cell.get(kd_cell, [])}
-        vs_kd = [r.summary["top1_last"] - kds[r.seed] for r in runs if r.seed in kds and cell != kd_cell
-                 and not cell.startswith("ref")]
-        lines.append(f"| {cell} | {' / '.join(f'{v:.2f}' for v in top1)} | {_stats(top1)} | "
+        gains, vs_kd = against(runs, runs[0].cell.ref), against(runs, runs[0].cell.kd)
+        lines.append(f"| {name} | {' / '.join(f'{v:.2f}' for v in top1)} | {_stats(top1)} | "
                      f"{' / '.join(f'{g:+.2f}' for g in gains) or '-'} | "
                      f"{(f'{statistics.mean(gains):+.2f}' if gains else '-')} | "
                      f"{(f'{statistics.mean(vs_kd):+.2f} ({len(vs_kd)} seed' + 's' * (len(vs_kd) > 1) + ')' if vs_kd else '-')} |")
-    for t in teachers:
+    for t in (j for j in jobs if j.cell is None):
         if "top1_last" in t.summary:
             lines.append(f"| teacher {scale.teacher}, {t.name} | {t.summary['top1_last']:.2f} | | | | |")
     return lines
@@ -286,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
               ""]
     total = "" if args.table_only else f"\n\nTotal {time.perf_counter() - started:.0f} s.\n"
     block = "\n".join(header + table(jobs, scale)) + total
-    runs = {j.name: {"cell": j.cell, "seed": j.seed, "cmd": shlex.join(j.cmd), **j.summary} for j in jobs}
+    runs = {j.name: {"cell": j.cell and j.cell.name, "seed": j.seed, "cmd": shlex.join(j.cmd), **j.summary} for j in jobs}
     publish(args.results, f"kd_ablation_{args.scale}.json", runs, f"kd-ablation:{args.scale}", block)
     print(block)
     return 0
