@@ -26,12 +26,25 @@ def test_kd_ablation_smoke_writes_its_table(tmp_path: Path) -> None:
     assert {"KD onecycle 1ep, teacher 2ep", "KD+mix onecycle 1ep, teacher 2ep"} <= cells
     mix_long = next(r for r in runs.values() if r["cell"] == "KD+mix onecycle 1ep, teacher 2ep")
     assert "teacher-ls0.0-2ep" in mix_long["cmd"] and "--cutmix" in mix_long["cmd"]
+    # The subset study: the student alone, KD and KD + mixing on 200 images at 1 and 2 epochs.
+    assert {f"{kind} onecycle {e}ep, 200 images{suffix}" for kind, suffix in
+            (("ref", ""), ("KD", ", teacher 2ep"), ("KD+mix", ", teacher 2ep")) for e in (1, 2)} <= cells
+    sub_mix = runs["KDmix-onecycle-2ep-200-images-teacher-2ep-s0"]
+    assert sub_mix["cmd"].endswith("--train-subset 200 --eval-every 1 --seed 0") and "--cutmix" in sub_mix["cmd"]
     for run in runs.values():
         assert run["complete"] and 0 <= run["top1_last"] <= 100
     kd = next(r for r in runs.values() if r["cell"] == "KD onecycle 1ep, teacher LS 0")
     assert kd["teacher"] == "r2_11_c8-16" and kd["kd"]["kd_weight"] == 0.9
     text = (results / "RESULTS.md").read_text()
     assert "<!-- e2e:kd-ablation:smoke:start -->" in text and "| KD onecycle 1ep, teacher LS 0 |" in text
+    # Each variant is compared with its own reference and KD cell: the subset KD+mix row against the subset's.
+    row = next(line for line in text.splitlines() if line.startswith("| KD+mix onecycle 2ep, 200 images, teacher 2ep |"))
+    gain, vs_kd = row.split(" | ")[4], row.split(" | ")[5]
+    top = lambda name: runs[name]["top1_last"]  # noqa: E731
+    assert float(gain) == pytest.approx(top("KDmix-onecycle-2ep-200-images-teacher-2ep-s0")
+                                        - top("ref-onecycle-2ep-200-images-s0"), abs=0.006)
+    assert float(vs_kd.split()[0]) == pytest.approx(top("KDmix-onecycle-2ep-200-images-teacher-2ep-s0")
+                                                    - top("KD-onecycle-2ep-200-images-teacher-2ep-s0"), abs=0.006)
     # A second call reuses every finished run instead of training again.
     assert kd_ablation.main(argv) == 0
     assert all(r.get("reused") for r in json.loads((results / "kd_ablation_smoke.json").read_text()).values())
