@@ -36,6 +36,17 @@ from common import DEFAULT_DATA, REPO, finished_summary, publish  # noqa: E402  
 
 
 @dataclass(frozen=True)
+class MixStudy:
+    images: int  # training images (--train-subset)
+    epochs: tuple[int, ...]
+    eval_every: int = 1  # epochs between test evaluations (the last epoch always)
+
+    @property
+    def tag(self) -> str:
+        return f", {self.images // 1000 or self.images}{'k' * (self.images >= 1000)} images"
+
+
+@dataclass(frozen=True)
 class Scale:
     teacher: str
     student: str
@@ -47,12 +58,10 @@ class Scale:
     # A longer-trained teacher (label smoothing 0) for KD and KD + mixing at the longest student schedule: at 10
     # epochs the student alone passes the 6-epoch teacher, so only a stronger teacher can say whether mixing pays.
     long_teacher_epochs: int | None = None
-    # Where mixing starts to pay: KD and KD + mixing from the long teacher on a class-balanced subset of this
-    # many training images, at each of ``mix_epochs`` (many passes over the same images, for the same compute
-    # as a few full-data epochs), each against the student alone on the same subset.
-    mix_subset: int | None = None
-    mix_epochs: tuple[int, ...] = ()
-    eval_every: int = 1  # epochs between test evaluations in the subset study (the last epoch always)
+    # Where mixing starts to pay: KD and KD + mixing from the 6-epoch teacher on class-balanced subsets of the
+    # training images, each at several epochs (many passes over the same images, for the same compute as a few
+    # full-data epochs), each against the student alone on the same subset.
+    mix_studies: tuple[MixStudy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,11 @@ SCALES = {
     # The recipe of the plain-PyTorch comparison: 308k teacher 6 epochs, 78k student, one-cycle SGD
     # lr 0.2, batch 256, KD T=4 with weight 0.9.
     "cpu": Scale(teacher="r3_111_c32-64-128", student="r3_111_c16-32-64", teacher_epochs=6, batch_size=256,
-                 lr=0.2, epochs=(5, 10), long_teacher_epochs=15, mix_subset=5000, mix_epochs=(15, 60), eval_every=5),
+                 lr=0.2, epochs=(5, 10), long_teacher_epochs=15,
+                 mix_studies=(MixStudy(5000, (15, 30, 60), eval_every=5), MixStudy(1000, (300,), eval_every=50))),
     "smoke": Scale(teacher="r2_11_c8-16", student="r2_11_c8-16", teacher_epochs=1, batch_size=50, lr=0.05,
                    epochs=(1,), subset=("--train-subset", "300", "--test-subset", "100"), long_teacher_epochs=2,
-                   mix_subset=200, mix_epochs=(1, 2)),
+                   mix_studies=(MixStudy(200, (1, 2)),)),
 }
 
 
@@ -139,11 +149,12 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...], device: st
     if long_teacher:
         last, label = scale.epochs[-1], f"teacher {scale.long_teacher_epochs}ep"
         cells += pair("onecycle", last, long_teacher, label, {"KD+mix": kd + mix})[1:]  # its reference is above
-        if scale.mix_subset:
-            data = ("--train-subset", str(scale.mix_subset), "--eval-every", str(scale.eval_every))
-            for epochs in scale.mix_epochs:
-                cells += pair("onecycle", epochs, long_teacher, label, {"KD+mix": kd + mix}, data,
-                              f", {scale.mix_subset // 1000 or scale.mix_subset}{'k' * (scale.mix_subset >= 1000)} images")
+    # The 6-epoch teacher: trained on all 50,000 images it stays far above any student that sees a subset, and
+    # it costs 6 teacher epochs where the long one costs 15.
+    for study in scale.mix_studies:
+        data = ("--train-subset", str(study.images), "--eval-every", str(study.eval_every))
+        for epochs in study.epochs:
+            cells += pair("onecycle", epochs, "teacher-ls0.0", "teacher LS 0", {"KD+mix": kd + mix}, data, study.tag)
     for cell in cells:
         for seed in seeds:
             name = cell.name.replace(",", "").replace(" ", "-").replace(".", "").replace("+", "") + f"-s{seed}"
@@ -211,7 +222,14 @@ def execute(jobs: list[Job], work: Path, parallel: int, threads: int | None = No
             for fut in finished:
                 job = running.pop(fut)
                 job.summary = _result(fut, job)
-                done.add(job.name)
+                if "failed" not in job.summary:
+                    done.add(job.name)
+                    continue
+                # Its students cannot run: say so once each instead of starting them against a missing teacher.
+                for dep in [j for j in pending if job.name in j.needs]:
+                    pending.remove(dep)
+                    dep.summary = {"failed": f"skipped: its teacher {job.name} failed"}
+                    print(f"warning: {dep.name} skipped: its teacher {job.name} failed", file=sys.stderr, flush=True)
 
 
 def _result(fut: Future, job: Job) -> dict:

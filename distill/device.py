@@ -14,6 +14,7 @@ from students.common.errors import UserError
 __all__ = ["resolve_device", "device_name", "git_commit", "channels_last_safe", "SAFE_MULTIPLE"]
 
 SAFE_MULTIPLE = 8  # channel counts that oneDNN's channels-last convolutions handle on every torch we use
+MIN_STRIDED_1X1_INPUT = 16  # fewer input channels into a 1x1 stride-2 convolution crash oneDNN on some CPUs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,14 +49,21 @@ def device_name(device: torch.device) -> str:
 
 def channels_last_safe(model: nn.Module, device: torch.device | str) -> bool:
     """Whether ``model`` may run in channels-last on ``device``: always on CUDA; on CPU only when every
-    convolution's channel counts are multiples of 8 (the first layer's image channels excepted).
+    convolution's channel counts are multiples of 8 (the first layer's image channels excepted) and no
+    strided 1x1 convolution (a downsampling shortcut) reads fewer than 16 channels.
 
-    On CPU, oneDNN's channels-last convolutions crash for some widths that are not multiples of 8 (torch
-    2.14.1: a 1x1 stride-2 convolution from 6 to 13 channels aborts with "double free or corruption"),
-    which is what unrounded pruning produces; such models train in the default format instead.
+    On CPU, oneDNN's channels-last convolutions crash for some shapes, and which ones depends on the CPU
+    (torch 2.14.1, measured by running each convolution's backward in a subprocess). One AMD EPYC machine
+    aborted on a 1x1 stride-2 convolution from 6 to 13 channels ("double free or corruption"), the widths
+    unrounded pruning produces; another (AVX-512) segfaults on every 1x1 stride-2 convolution from 8
+    channels (to 8, 16 or 32) whenever the batch is odd, and on none from 16, 24, ..., 56 channels. Such
+    models train in the default format instead, about 1.3x slower on CPU (docs/RESULTS.md).
     """
     if torch.device(device).type != "cpu":
         return True
     convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    return all(m.out_channels % SAFE_MULTIPLE == 0 and (i == 0 or m.in_channels % SAFE_MULTIPLE == 0)
-               for i, m in enumerate(convs))
+    widths = all(m.out_channels % SAFE_MULTIPLE == 0 and (i == 0 or m.in_channels % SAFE_MULTIPLE == 0)
+                 for i, m in enumerate(convs))
+    shortcuts = all(m.in_channels >= MIN_STRIDED_1X1_INPUT for m in convs
+                    if all(k == 1 for k in m.kernel_size) and any(s > 1 for s in m.stride))
+    return widths and shortcuts

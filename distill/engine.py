@@ -20,11 +20,13 @@ continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,6 +321,7 @@ class _Parts:
     mixer: BatchMixer
     ema: Any | None
     tensorboard: Any | None = None  # a SummaryWriter when cfg.tensorboard and tensorboard is installed
+    memory_format: torch.memory_format = torch.contiguous_format  # the student's, and its batches'
 
     def with_adapter(self, net: nn.Module) -> nn.Module:
         adapter = self.models.input_adapter
@@ -355,11 +358,35 @@ def _setup_device(cfg: TrainConfig) -> tuple[torch.device, dist.DistInfo]:
     return device, world
 
 
-def _place(net: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+def _place(net: nn.Module, device: torch.device, channels_last: bool, *, convert_inputs: bool = False) -> nn.Module:
     # Channels-last: faster convolutions with cuDNN and with oneDNN on CPUs (measured 1.28x for a student's
     # training step and 1.18x for teacher inference on the 2-core CI machine; docs/RESULTS.md).
     net = net.to(device)
-    return net.to(memory_format=torch.channels_last) if channels_last else net
+    net = net.to(memory_format=torch.channels_last) if channels_last else net
+    if convert_inputs:
+        # The batches follow the student's format; a convolution runs channels-last when its input is, so
+        # without this a teacher kept contiguous for safety (channels_last_safe) would still run channels-last
+        # on a channels-last student's batches, and its outputs would depend on which student it serves.
+        # One hook per module, however many runs (or sweep students) place the same teacher.
+        old = _FORMAT_HOOKS.pop(net, None)
+        if old is not None:
+            old.remove()
+        _FORMAT_HOOKS[net] = net.register_forward_pre_hook(
+            functools.partial(_input_format_hook, memory_format=_memory_format(channels_last)))
+    return net
+
+
+_FORMAT_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its input-format hook handle
+
+
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _input_format_hook(module: nn.Module, args: tuple, *, memory_format: torch.memory_format) -> tuple:
+    del module
+    x = args[0]
+    return (x.contiguous(memory_format=memory_format), *args[1:]) if x.dim() == 4 else None
 
 
 def _build_ema(cfg: TrainConfig, model: nn.Module) -> Any | None:
@@ -428,7 +455,8 @@ def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_d
     model = _place(models.model, device, use_cl)
     teacher = None
     if models.teacher is not None:
-        teacher = _place(models.teacher, device, cfg.channels_last and channels_last_safe(models.teacher, device))
+        teacher = _place(models.teacher, device, cfg.channels_last and channels_last_safe(models.teacher, device),
+                         convert_inputs=True)
     loss_fn = build_train_loss(cfg, model, teacher)
     # A feature method's own parameters (FitNets regressors) train beside the student, in one optimiser.
     trained = nn.ModuleList([model, loss_fn]) if any(True for _ in loss_fn.parameters()) else model
@@ -436,6 +464,7 @@ def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_d
                                  label_smoothing=cfg.label_smoothing), num_classes=batches.num_classes)
     parts = _Parts(cfg, models, batches, run_dir, device, world, reporter, model, model, model, teacher,
                    build_optimizer(trained, cfg), loss_fn, mixer, _build_ema(cfg, model))
+    parts.memory_format = _memory_format(use_cl)
     parts.forward_model = parts.with_adapter(model)
     parts.train_model = _wrap_for_training(parts.forward_model, cfg, device, world)
     return parts

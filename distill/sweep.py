@@ -229,7 +229,10 @@ def _train_epoch(active: list[_Member], epoch: int, reporter: Reporter) -> list[
         for k, member in enumerate(active):
             p = member.parts
             set_lr(p.optimizer, p.lr_at_step(steps[k]))
-            parts, logits = engine.student_step(p.train_model, images, targets, teacher_out, loss_fn=p.loss_fn,
+            # The batches are in the first student's format; each student gets them in its own, as in its
+            # own run (a no-op when the formats agree).
+            mine = images.contiguous(memory_format=p.memory_format)
+            parts, logits = engine.student_step(p.train_model, mine, targets, teacher_out, loss_fn=p.loss_fn,
                                                 optimizer=p.optimizer, device=device, amp=cfg.amp,
                                                 after_backward=p.models.after_backward)
             if p.ema is not None:

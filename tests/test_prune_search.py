@@ -189,9 +189,38 @@ def test_channels_last_safety_follows_widths() -> None:
     assert channels_last_safe(model, "cpu")
     prune_by_ratio(model, 0.6, PruneSettings(round_to=1))  # widths 6, 12, 25: a 6->12 1x1 stride-2 shortcut
     assert not channels_last_safe(model, "cpu") and channels_last_safe(model, "cuda")
-    rounded = students.create(SPEC)
-    prune_by_ratio(rounded, 0.6, PruneSettings(round_to=8))
+    rounded = students.create("r3_111_c32-64-128")
+    prune_by_ratio(rounded, 0.5, PruneSettings(round_to=8))  # widths 16, 32, 64
     assert channels_last_safe(rounded, "cpu")
+
+
+def test_thin_downsampling_shortcuts_train_in_the_default_format_on_cpu() -> None:
+    # A 1x1 stride-2 shortcut from 8 channels segfaults oneDNN in channels-last on some CPUs (odd batches).
+    assert not channels_last_safe(students.create("r2_11_c8-16"), "cpu")
+    assert channels_last_safe(students.create("r2_11_c8-16"), "cuda")
+    assert channels_last_safe(students.create("r3_111_c16-32-64"), "cpu")
+
+
+PRESET_TRAINING = """
+import sys, torch, students
+from prune import channels_last_safe
+for spec in sys.argv[1:]:
+    torch.manual_seed(0)
+    model = students.create(spec)
+    fmt = torch.channels_last if channels_last_safe(model, "cpu") else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    for batch in (25, 3):  # odd batches: where oneDNN's channels-last backward crashed
+        x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
+        torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (batch,))).backward()
+"""
+
+
+def test_test_sized_students_train_on_cpu_in_the_chosen_format() -> None:
+    # On whatever CPU runs the suite, at its default thread count: a crash fails here, not inside a CLI test.
+    specs = ["r2_11_c8-16", "r3_111_c8-16-32", "r2_11_c16-32", SPEC]
+    done = subprocess.run([sys.executable, "-c", PRESET_TRAINING, *specs], cwd=REPO, timeout=180,
+                          capture_output=True, text=True, env=_env())
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
 
 
 ODD_WIDTH_TRAINING = """

@@ -15,6 +15,7 @@ from distill import TrainConfig, fit
 from distill.cli import main
 from distill.data import load_dataset
 from distill.sweep import SweepError, sweep
+from teachers import FrozenTeacher
 
 TEACHER = "r2_11_c8-16"
 STUDENTS = ("r1_1_c4", "r1_1_c8")
@@ -141,3 +142,29 @@ def test_cli_sweep_bad_input_gets_one_line(capsys, cifar_subset_dir: Path, tmp_p
     assert_one_line_error(code, err, "not a sweep folder")
     assert not (tmp_path / "x").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_teacher_kept_contiguous_runs_contiguous_on_a_channels_last_students_batches(data, tmp_path: Path) -> None:
+    """The batches follow the student's format; the teacher converts them to its own, so a teacher that
+    channels_last_safe keeps contiguous (an 8-channel strided shortcut) never runs channels-last anyway."""
+    from distill.device import channels_last_safe
+
+    teacher, student = _teacher(), students.create("r1_1_c8", num_classes=10)
+    assert channels_last_safe(student, "cpu") and not channels_last_safe(teacher, "cpu")
+    seen: dict[str, set[bool]] = {"teacher": set(), "student": set()}
+
+    def record(role):
+        def hook(module, args):
+            # The training steps and evaluations; not the cost report's forward on a dummy of its own.
+            if role == "teacher" or module.training:
+                seen[role].add(args[0].is_contiguous(memory_format=torch.channels_last))
+        return hook
+
+    next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_pre_hook(record("teacher"))
+    next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_pre_hook(record("student"))
+    cfg = TrainConfig(epochs=1, batch_size=50, device="cpu", seed=1, kd_loss="kd")
+    frozen = FrozenTeacher(teacher)
+    for out in ("a", "b"):  # placing the same teacher twice (as a sweep does) leaves one conversion, not two
+        fit(student, data, teacher=frozen, config=cfg, out=tmp_path / out)
+    assert seen == {"teacher": {False}, "student": {True}}
+    assert len(frozen._forward_pre_hooks) == 1
