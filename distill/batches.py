@@ -15,6 +15,7 @@ from students.common.errors import UserError
 from . import dist
 from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset
+from .device import memory_format_for
 
 __all__ = ["EVAL_BATCH", "Loaders", "OnDevice", "Batches", "dataset_batches", "loader_batches", "eval_label"]
 
@@ -48,7 +49,7 @@ class OnDevice:
         return len(self.loader)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        fmt = memory_format_for(self.channels_last)
         for images, labels in self.loader:
             yield (images.to(self.device, non_blocking=True).float().contiguous(memory_format=fmt),
                    labels.to(self.device, non_blocking=True))

@@ -11,7 +11,7 @@ from torch import nn
 
 from students.common.errors import UserError
 
-__all__ = ["resolve_device", "device_name", "git_commit", "channels_last_safe", "SAFE_MULTIPLE"]
+__all__ = ["resolve_device", "device_name", "git_commit", "channels_last_safe", "memory_format_for", "SAFE_MULTIPLE"]
 
 SAFE_MULTIPLE = 8  # channel counts that oneDNN's channels-last convolutions handle on every torch we use
 MIN_STRIDED_1X1_INPUT = 16  # fewer input channels into a 1x1 stride-2 convolution crash oneDNN on some CPUs
@@ -45,6 +45,11 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def memory_format_for(channels_last: bool) -> torch.memory_format:
+    """The memory format a model and its batches take: channels-last, or torch's default."""
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def channels_last_safe(model: nn.Module, device: torch.device | str) -> bool:

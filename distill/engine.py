@@ -44,7 +44,7 @@ from students.common.files import WriteError
 from . import dist
 from .config import TrainConfig
 from .data import ImageDataset
-from .device import channels_last_safe, device_name, git_commit, resolve_device
+from .device import channels_last_safe, device_name, git_commit, memory_format_for, resolve_device
 from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_method, stage_features
 from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
@@ -372,15 +372,11 @@ def _place(net: nn.Module, device: torch.device, channels_last: bool, *, convert
         if old is not None:
             old.remove()
         _FORMAT_HOOKS[net] = net.register_forward_pre_hook(
-            functools.partial(_input_format_hook, memory_format=_memory_format(channels_last)))
+            functools.partial(_input_format_hook, memory_format=memory_format_for(channels_last)))
     return net
 
 
 _FORMAT_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its input-format hook handle
-
-
-def _memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _input_format_hook(module: nn.Module, args: tuple, *, memory_format: torch.memory_format) -> tuple:
@@ -464,7 +460,7 @@ def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_d
                                  label_smoothing=cfg.label_smoothing), num_classes=batches.num_classes)
     parts = _Parts(cfg, models, batches, run_dir, device, world, reporter, model, model, model, teacher,
                    build_optimizer(trained, cfg), loss_fn, mixer, _build_ema(cfg, model))
-    parts.memory_format = _memory_format(use_cl)
+    parts.memory_format = memory_format_for(use_cl)
     parts.forward_model = parts.with_adapter(model)
     parts.train_model = _wrap_for_training(parts.forward_model, cfg, device, world)
     return parts

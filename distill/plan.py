@@ -24,6 +24,8 @@ from torch import nn
 
 from students.common.sizes import format_count
 
+from .device import memory_format_for
+
 __all__ = ["TIMING_BATCH", "TOO_LONG_S", "Phase", "TeacherPlan", "RunPlan", "seconds_per_image", "duration",
            "eval_passes"]
 
@@ -49,7 +51,7 @@ def seconds_per_image(model: nn.Module, *, train: bool, image_size: int, num_cla
     / 2 ends the timing too. ``model`` is changed (moved, BatchNorm statistics updated): pass a throwaway
     copy. The optimiser's learning rate is 0, so the weights themselves do not move.
     """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format_for(channels_last)
     model = model.to(device).to(memory_format=fmt).train(train)
     x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch,), device=device)
