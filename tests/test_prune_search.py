@@ -203,11 +203,12 @@ def test_thin_downsampling_shortcuts_train_in_the_default_format_on_cpu() -> Non
 
 PRESET_TRAINING = """
 import sys, torch, students
+from distill.device import memory_format_for
 from prune import channels_last_safe
 for spec in sys.argv[1:]:
     torch.manual_seed(0)
     model = students.create(spec)
-    fmt = torch.channels_last if channels_last_safe(model, "cpu") else torch.contiguous_format
+    fmt = memory_format_for(channels_last_safe(model, "cpu"))
     model = model.to(memory_format=fmt)
     for batch in (25, 3):  # odd batches: where oneDNN's channels-last backward crashed
         x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
@@ -225,11 +226,12 @@ def test_test_sized_students_train_on_cpu_in_the_chosen_format() -> None:
 
 ODD_WIDTH_TRAINING = """
 import torch, students
+from distill.device import memory_format_for
 from prune import PruneSettings, channels_last_safe, prune_by_ratio
 torch.manual_seed(0)
 model = students.create("r3_111_c16-32-64")
 prune_by_ratio(model, 0.6, PruneSettings(round_to=1))   # odd widths: oneDNN channels-last crashes on these
-fmt = torch.channels_last if channels_last_safe(model, "cpu") else torch.contiguous_format
+fmt = memory_format_for(channels_last_safe(model, "cpu"))
 model = model.to(memory_format=fmt)
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 for _ in range(5):
