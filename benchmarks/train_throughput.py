@@ -45,7 +45,7 @@ from data_throughput import PilImages  # noqa: E402
 from distill.config import TrainConfig  # noqa: E402
 from distill.data import DeviceLoader, load_dataset  # noqa: E402
 from distill.device import device_name, git_commit, resolve_device  # noqa: E402
-from distill.engine import train_one_epoch  # noqa: E402
+from distill.engine import Trainee, train_one_epoch  # noqa: E402
 from distill.losses import build_loss  # noqa: E402
 from distill.optim import build_optimizer  # noqa: E402
 
@@ -72,13 +72,13 @@ def time_distill(args, data, device: torch.device) -> float:
                           std=data.std, train=True, device=device, channels_last=channels_last)
     optimizer = build_optimizer(student, cfg)
     loss_fn = build_loss("kd", temperature=4.0, kd_weight=0.9, label_smoothing=0.0)
-    kwargs = dict(loss_fn=loss_fn, optimizer=optimizer, lr_fn=lambda s: 0.01, first_step=0, device=device,
-                  teacher=frozen, amp=True)
+    trainee = Trainee(student, loss_fn, optimizer, lambda s: 0.01, memory_format=torch.channels_last)
+    kwargs = dict(device=device, teacher=frozen, amp=True)
     loader.set_epoch(0)
-    train_one_epoch(student, loader, **kwargs)  # warm-up epoch: allocator, cuDNN autotuning
+    train_one_epoch([trainee], loader, **kwargs)  # warm-up epoch: allocator, cuDNN autotuning
     loader.set_epoch(1)
     start = time.perf_counter()
-    stats = train_one_epoch(student, loader, **kwargs)
+    stats = train_one_epoch([trainee], loader, **kwargs)
     seconds = time.perf_counter() - start
     return len(loader) * args.batch_size / seconds if stats else 0.0
 

@@ -87,7 +87,8 @@ def dataset_batches(data: ImageDataset, cfg: TrainConfig, device: torch.device, 
     common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last, rank=world.rank,
                   world_size=world.world_size)
     train = DeviceLoader(data.train_images, data.train_labels, batch_size=cfg.batch_size, train=True,
-                         crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout, seed=cfg.seed, **common)
+                         crop_padding=cfg.crop_padding, flip=cfg.flip, cutout=cfg.cutout, seed=cfg.stream_seed,
+                         **common)
     if len(train) == 0:
         where = f" x {world.world_size} ranks" if world.distributed else ""
         raise UserError(

@@ -162,7 +162,15 @@ def _run_args(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
                      help="keep NCHW activations (default: channels-last, NHWC)")
     run.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
-    run.add_argument("--seed", type=int, default=S, help=_default("seed").strip(" ()"))
+    run.add_argument("--seed", type=int, default=S,
+                     help="initial weights, and the batches unless --data-seed is given" + _default("seed"))
+    run.add_argument("--data-seed", type=int, default=S,
+                     help="the batches: subset, shuffle, crops, flips, mixing (default: --seed). Seeds of "
+                          "initialisation with one --data-seed replay one set of cached teacher outputs")
+    run.add_argument("--teacher-cache", choices=("on", "off"), default=S,
+                     help="on: record the teacher's logits for this batch stream once and replay them in later runs "
+                          "with the same teacher and batches (exact; under $DISTILL_CACHE/teacher-outputs, at most "
+                          "$DISTILL_TEACHER_CACHE_GB, default 20 GB); off: run the teacher on every step (default: on)")
     run.add_argument("--eval-every", type=int, default=S, help="evaluate every N epochs (and at the end)")
     run.add_argument("--tensorboard", action="store_true", default=S,
                      help="also write TensorBoard event files into the run directory (if tensorboard is installed)")
@@ -186,6 +194,8 @@ def config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
         settings.update(recipe_overrides(given.pop("recipe")))
     if "max_params" in given:
         given["max_params"] = parse_count(given["max_params"], "--max-params")
+    if "teacher_cache" in given:
+        given["teacher_cache"] = given["teacher_cache"] == "on"
     if "milestones" in given:
         try:
             given["milestones"] = tuple(float(m) for m in str(given["milestones"]).split(","))

@@ -147,7 +147,10 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True  # NHWC activations, on CUDA and CPU
     compile: bool = False
-    seed: int = 0
+    seed: int = 0  # initial weights (and FitNets regressors); also the batches unless data_seed is set
+    data_seed: int | None = None  # the batches: subset, shuffle, crops, flips, mixing; None: seed. Seeds of
+    # initialisation that share a data_seed share one batch stream, so their teacher outputs come from one cache entry
+    teacher_cache: bool = True  # record the teacher's logits once per batch stream and replay them (distill.teacher_cache)
     eval_every: int = 1  # epochs
     tensorboard: bool = False  # also write TensorBoard event files into the run folder (needs tensorboard)
     recipe: str | None = None  # the named recipe these settings started from (distill.recipes)
@@ -214,6 +217,11 @@ class TrainConfig:
     @property
     def uses_teacher(self) -> bool:
         return self.kind == "run" and self.teacher is not None
+
+    @property
+    def stream_seed(self) -> int:
+        """The seed of the batches (subset, order, augmentation, mixing): ``data_seed``, else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def model_name(self) -> str:

@@ -6,7 +6,10 @@ How the three layers differ:
   train (:class:`Models`), the data (an :class:`~distill.data.ImageDataset`, kept on the device, or
   :class:`~distill.batches.Loaders` of any ``(images, labels)`` batches) and a
   :class:`~distill.config.TrainConfig`, and runs the loop: :func:`train_one_epoch`, :func:`evaluate`,
-  and :func:`train`, a short loop over named steps.
+  and :func:`train`, a short loop over named steps. One loop serves one student or many
+  (:func:`train_many`, which ``distill sweep`` calls): each batch is drawn and mixed once, the teacher's
+  outputs for it come once from one source (:class:`~distill.teacher_cache.TeacherOutputs`: the live
+  teacher, or its logits recorded by an earlier run with the same batches), then every student steps.
 - :mod:`distill.pipeline` turns a config into those modules for the CLIs: the student by name, the
   teacher from a checkpoint or the teacher store (training it first when needed), the data by name.
 - :mod:`distill.api` is the notebook entry point, :func:`distill.fit`: any ``nn.Module`` student and
@@ -27,7 +30,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,13 +47,14 @@ from students.common.files import WriteError
 from . import dist
 from .config import TrainConfig
 from .data import ImageDataset
-from .device import channels_last_safe, device_name, git_commit, memory_format_for, resolve_device
-from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_method, stage_features
+from .device import autocast, channels_last_safe, device_name, git_commit, memory_format_for, resolve_device
+from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_method
 from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
 from .optim import build_optimizer, lr_at, set_lr
 from .batches import Batches, Loaders, dataset_batches, loader_batches
-from .rundir import BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, read_metrics
+from .rundir import BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, epoch_summary, read_metrics
+from .teacher_cache import CacheEntry, TeacherOutput, TeacherOutputs, eval_key, stream_key
 
 __all__ = [
     "RunError",
@@ -63,20 +67,27 @@ __all__ = [
     "evaluate",
     "train_one_epoch",
     "build_train_loss",
-    "teacher_forward",
+    "Trainee",
     "student_step",
     "train",
+    "train_many",
+    "check_same_settings",
     "git_commit",
     "read_metrics",
 ]
 
 _logger = logging.getLogger(__name__)
 
+
 LOG_EVERY_STEPS = 10  # host synchronisations for progress and NaN checks happen only this often
 
 
 class TrainingDiverged(UserError):
     """The loss or the weights became NaN or infinite; the message names the checkpoint that was kept."""
+
+    def __init__(self, message: str, *, who: str | None = None) -> None:
+        super().__init__(message)
+        self.who = who  # the trainee whose loss diverged, when several train together
 
 
 class Reporter(Protocol):
@@ -109,9 +120,27 @@ class _Null(_Silent):
         pass
 
 
-def _autocast(device: torch.device, enabled: bool):
-    # bf16 autocast on CUDA only: on CPU it is slower than fp32 for these convolutions.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+class _Labelled(_Silent):
+    """One student's view of a reporter shared by several: its messages and epoch lines carry its name; the
+    shared reporter draws the progress bars (one per epoch, for all students)."""
+
+    def __init__(self, reporter: Any, name: str) -> None:
+        self.reporter, self.name = reporter, name
+
+    def message(self, text: str) -> None:
+        _call(self.reporter, "message", f"{self.name}: {text}")
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        _call(self.reporter, "message", f"{self.name}: " + "  ".join(epoch_summary(record)))
+
+
+def _call(reporter: Any, method: str, *args: Any) -> None:
+    """``reporter.method(*args)`` when the reporter has it (every Reporter method is optional)."""
+    fn = getattr(reporter, method, None)
+    if fn is not None:
+        fn(*args)
+    elif method == "message":
+        _logger.info(args[0])
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
@@ -131,7 +160,7 @@ def predict(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]
     outputs, labels = [], []
     try:
         for images, targets in loader:
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 logits = model(images).float()
                 if tta:
                     logits = 0.5 * (logits + model(images.flip(3)).float())
@@ -159,82 +188,102 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     return {"top1": 100.0 * correct / max(count, 1), "loss": loss_sum / max(count, 1)}
 
 
+@dataclass
+class Trainee:
+    """One student as the loop steps it: what it trains, how, and how far it has come.
+
+    ``step`` is its optimiser's step count (the schedule's position); :func:`train_one_epoch` advances it.
+    ``memory_format`` is the format its batches are given in (the loader's for the first trainee).
+    """
+
+    model: nn.Module  # what is trained: the student, maybe behind an input adapter, wrapped for DDP/compile
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_fn: Callable[[int], float]  # learning rate at a step
+    step: int = 0
+    memory_format: torch.memory_format = torch.contiguous_format
+    ema: Any | None = None  # timm ModelEmaV3
+    after_backward: Callable[[nn.Module], None] | None = None  # e.g. a sparsity regulariser
+    name: str = ""  # said in errors when several train together
+
+
 def train_one_epoch(
-    model: nn.Module,
+    trainees: Sequence[Trainee],
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    lr_fn: Callable[[int], float],
-    first_step: int,
     device: torch.device,
-    teacher: nn.Module | None = None,
+    teacher: TeacherOutputs | nn.Module | None = None,
     mixer: BatchMixer | None = None,
-    ema: Any | None = None,
     amp: bool = True,
     reporter: Reporter | None = None,
-    after_backward: Callable[[nn.Module], None] | None = None,
-) -> dict[str, float]:
-    """One pass over ``loader``: mix once per batch, the same images to teacher and student, one step each.
+) -> list[dict[str, float]]:
+    """One pass over ``loader`` for every trainee: each batch mixed once, the teacher's outputs for it taken
+    once (live, or replayed from the cache by a :class:`~distill.teacher_cache.TeacherOutputs` whose epoch the
+    caller began), then one optimiser step per trainee on that same batch. Each trainee's epoch statistics.
 
     Losses are accumulated on the device; the host reads them only every ``LOG_EVERY_STEPS`` steps and at
     the end (to report progress and catch a NaN), so CUDA never waits on Python per step.
     """
-    model.train()
+    if isinstance(teacher, nn.Module):  # a bare teacher module: live on every step
+        levels = [j for t in trainees if isinstance(t.loss_fn, FeatureKD) for j in t.loss_fn.teacher_indices]
+        teacher = TeacherOutputs(teacher, device=device, amp=amp, levels=levels)
     reporter = reporter or _Silent()
-    sums: dict[str, torch.Tensor] = {}
-    correct = torch.zeros((), device=device)
-    seen = 0
-    step = first_step
-    start = time.perf_counter()
+    for trainee in trainees:
+        trainee.model.train()
+    sums: list[dict[str, torch.Tensor]] = [{} for _ in trainees]
+    correct = [torch.zeros((), device=device) for _ in trainees]
+    seen, steps, start = 0, len(loader), time.perf_counter()  # type: ignore[arg-type]
     for i, (images, labels) in enumerate(loader):
-        lr = lr_fn(step)
-        set_lr(optimizer, lr)
+        targets = labels
         if mixer is not None and mixer.enabled:
             images, targets = mixer(images, labels)
-        else:
-            targets = labels
-        with _autocast(device, amp):
-            teacher_out = teacher_forward(teacher, images, [loss_fn])
-        parts, logits = student_step(model, images, targets, teacher_out, loss_fn=loss_fn, optimizer=optimizer,
-                                     device=device, amp=amp, after_backward=after_backward)
-        if ema is not None:
-            ema.update(model, step=step)
-        for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()
-        hard = targets if targets.ndim == 1 else targets.argmax(1)
-        correct += (logits.detach().argmax(1) == hard).sum()
+        teacher_out = teacher(images) if teacher is not None else (None, {})
+        losses = []
+        for k, trainee in enumerate(trainees):
+            set_lr(trainee.optimizer, trainee.lr_fn(trainee.step))
+            mine = images.contiguous(memory_format=trainee.memory_format)  # a no-op in the loader's format
+            parts, logits = student_step(trainee.model, mine, targets, teacher_out, loss_fn=trainee.loss_fn,
+                                         optimizer=trainee.optimizer, device=device, amp=amp,
+                                         after_backward=trainee.after_backward)
+            if trainee.ema is not None:
+                trainee.ema.update(trainee.model, step=trainee.step)
+            for key, value in parts.items():
+                sums[k][key] = sums[k].get(key, 0.0) + value.detach().float()
+            hard = targets if targets.ndim == 1 else targets.argmax(1)
+            correct[k] += (logits.detach().argmax(1) == hard).sum()
+            trainee.step += 1
+            losses.append(parts["loss"])
         seen += labels.shape[0]
-        step += 1
-        if (i + 1) % LOG_EVERY_STEPS == 0 or i + 1 == len(loader):
-            elapsed = time.perf_counter() - start
-            _check_and_report(parts["loss"], step, reporter, {
-                "lr": lr, "img_s": seen / max(elapsed, 1e-9), "acc": 100.0 * correct.item() / seen}, i + 1)
+        if (i + 1) % LOG_EVERY_STEPS == 0 or i + 1 == steps:
+            _report_steps(trainees, losses, correct, seen, i + 1, time.perf_counter() - start, reporter)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    stats = _epoch_means(sums, correct, seen, len(loader), device)
-    stats.update(train_seconds=seconds, train_img_s=stats.pop("images") / max(seconds, 1e-9), lr=lr_fn(step - 1),
-                 steps=step)
-    return stats
+    out = []
+    for k, trainee in enumerate(trainees):
+        stats = _epoch_means(sums[k], correct[k], seen, steps, device)
+        stats.update(train_seconds=seconds, train_img_s=stats.pop("images") / max(seconds, 1e-9),
+                     lr=trainee.lr_fn(trainee.step - 1), steps=trainee.step)
+        out.append(stats)
+    return out
 
 
-TeacherOutput = tuple["torch.Tensor | None", dict[int, torch.Tensor]]  # logits, and maps by feature level
-
-
-def teacher_forward(teacher: nn.Module | None, images: torch.Tensor, loss_fns: Iterable[nn.Module]) -> TeacherOutput:
-    """The teacher's logits for ``images`` and the feature maps that the feature losses among ``loss_fns`` use.
-
-    One pass serves every loss (several students in :mod:`distill.sweep`): the levels are recorded by hooks
-    during the teacher's ordinary forward. ``(None, {})`` without a teacher.
-    """
-    if teacher is None:
-        return None, {}
-    levels = sorted({j for fn in loss_fns if isinstance(fn, FeatureKD) for j in fn.teacher_indices})
-    if not levels:
-        return teacher(images), {}
-    logits, maps = stage_features(teacher, images, levels, role="teacher")
-    return logits, dict(zip(levels, maps))
+def _report_steps(trainees: Sequence[Trainee], losses: list[torch.Tensor], correct: list[torch.Tensor], seen: int,
+                  done: int, elapsed: float, reporter: Reporter) -> None:
+    """Read each trainee's loss (mean over ranks) on the host: stop on NaN/inf, else report progress (means
+    over the trainees; images/s counts every trainee's images)."""
+    values = []
+    for trainee, loss in zip(trainees, losses):
+        value = dist.all_reduce_sum(loss.detach().float().clone()).item() / dist.info().world_size
+        if not math.isfinite(value):
+            prefix = f"{trainee.name}: " if len(trainees) > 1 and trainee.name else ""
+            raise TrainingDiverged(f"{prefix}loss became {value} at step {trainee.step}",
+                                   who=trainee.name or None)  # train() says which checkpoint is kept
+        values.append(value)
+    n = len(trainees)
+    reporter.step(done, {"loss": sum(values) / n, "lr": trainees[0].lr_fn(trainees[0].step - 1),
+                         "img_s": seen * n / max(elapsed, 1e-9),
+                         "acc": 100.0 * float(sum(c.item() for c in correct)) / max(seen * n, 1)})
 
 
 def student_step(
@@ -252,7 +301,7 @@ def student_step(
     """One optimiser step of ``model`` on a (mixed) batch against the teacher's output: the loss parts and logits."""
     teacher_logits, teacher_maps = teacher_out
     feature = isinstance(loss_fn, FeatureKD) and teacher_logits is not None
-    with _autocast(device, amp), (loss_fn.capture(teacher=False) if feature else contextlib.nullcontext()):
+    with autocast(device, amp), (loss_fn.capture(teacher=False) if feature else contextlib.nullcontext()):
         logits = model(images)
         extra = {"teacher_feats": [teacher_maps[j] for j in loss_fn.teacher_indices]} if feature else {}
         parts = loss_fn(logits.float(), None if teacher_logits is None else teacher_logits.float(), targets, **extra)
@@ -264,15 +313,6 @@ def student_step(
         loss_fn.average_gradients()
     optimizer.step()
     return parts, logits
-
-
-def _check_and_report(loss: torch.Tensor, step: int, reporter: Reporter, metrics: dict[str, float],
-                      done: int) -> None:
-    """Read the loss (mean over ranks) on the host: stop on NaN/inf, else report progress."""
-    loss_now = dist.all_reduce_sum(loss.detach().float().clone()).item() / dist.info().world_size
-    if not math.isfinite(loss_now):
-        raise TrainingDiverged(f"loss became {loss_now} at step {step}")  # train() says which checkpoint is kept
-    reporter.step(done, {"loss": loss_now, **metrics})
 
 
 def _epoch_means(sums: dict[str, torch.Tensor], correct: torch.Tensor, seen: int, steps: int,
@@ -320,15 +360,14 @@ class _Parts:
     loss_fn: nn.Module
     mixer: BatchMixer
     ema: Any | None
+    trainee: Trainee  # what the loop steps: train_model, loss, optimiser, schedule, EMA
     tensorboard: Any | None = None  # a SummaryWriter when cfg.tensorboard and tensorboard is installed
     memory_format: torch.memory_format = torch.contiguous_format  # the student's, and its batches'
+    teacher_channels_last: bool = False  # the format the teacher runs in (part of its cached outputs' key)
 
     def with_adapter(self, net: nn.Module) -> nn.Module:
         adapter = self.models.input_adapter
         return net if adapter is None else nn.Sequential(adapter.to(self.device), net)
-
-    def lr_at_step(self, step: int) -> float:
-        return lr_at(self.cfg, step, len(self.data.train))
 
 
 @dataclass
@@ -343,11 +382,20 @@ class _State:
     teacher_top1: float | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     session_start: float = field(default_factory=time.perf_counter)
-    epochs_this_session: int = 0
     passed_teacher: bool = False  # said once per session: the student's top-1 reached its teacher's
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.session_start
+
+
+@dataclass
+class _Member:
+    """One run of a :func:`train_many` call: its name (the run folder's), its parts, state and resume point."""
+
+    name: str
+    parts: _Parts
+    resume: dict[str, Any] | None
+    state: _State = field(default_factory=_State)
 
 
 def _setup_device(cfg: TrainConfig) -> tuple[torch.device, dist.DistInfo]:
@@ -449,21 +497,23 @@ def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_d
     batches = loader_batches(data, cfg, device, channels_last=use_cl) if isinstance(data, Loaders) else (
         dataset_batches(data, cfg, device, world, channels_last=use_cl))
     model = _place(models.model, device, use_cl)
-    teacher = None
+    teacher, teacher_cl = None, False
     if models.teacher is not None:
-        teacher = _place(models.teacher, device, cfg.channels_last and channels_last_safe(models.teacher, device),
-                         convert_inputs=True)
+        teacher_cl = cfg.channels_last and channels_last_safe(models.teacher, device)
+        teacher = _place(models.teacher, device, teacher_cl, convert_inputs=True)
     loss_fn = build_train_loss(cfg, model, teacher)
     # A feature method's own parameters (FitNets regressors) train beside the student, in one optimiser.
     trained = nn.ModuleList([model, loss_fn]) if any(True for _ in loss_fn.parameters()) else model
     mixer = BatchMixer(MixConfig(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                                  label_smoothing=cfg.label_smoothing), num_classes=batches.num_classes)
-    parts = _Parts(cfg, models, batches, run_dir, device, world, reporter, model, model, model, teacher,
-                   build_optimizer(trained, cfg), loss_fn, mixer, _build_ema(cfg, model))
-    parts.memory_format = memory_format_for(use_cl)
-    parts.forward_model = parts.with_adapter(model)
-    parts.train_model = _wrap_for_training(parts.forward_model, cfg, device, world)
-    return parts
+    optimizer, ema = build_optimizer(trained, cfg), _build_ema(cfg, model)
+    forward_model = model if models.input_adapter is None else nn.Sequential(models.input_adapter.to(device), model)
+    train_model = _wrap_for_training(forward_model, cfg, device, world)
+    fmt = memory_format_for(use_cl)
+    trainee = Trainee(train_model, loss_fn, optimizer, lambda step: lr_at(cfg, step, len(batches.train)),
+                      memory_format=fmt, ema=ema, after_backward=models.after_backward, name=run_dir.path.name)
+    return _Parts(cfg, models, batches, run_dir, device, world, reporter, model, forward_model, train_model, teacher,
+                  optimizer, loss_fn, mixer, ema, trainee, memory_format=fmt, teacher_channels_last=teacher_cl)
 
 
 def _check_data(cfg: TrainConfig, data: ImageDataset | Loaders) -> None:
@@ -496,6 +546,7 @@ def _open_folder(parts: _Parts, resume: dict[str, Any] | None) -> None:
         if parts.tensorboard is None:
             parts.reporter.message("tensorboard is not installed: no event files (pip install tensorboard); "
                                    "training goes on")
+
 
 
 def _restore(parts: _Parts, resume: dict[str, Any]) -> _State:
@@ -563,38 +614,92 @@ def _resumed_records(parts: _Parts, meta: dict[str, Any], epoch: int) -> list[di
     return records
 
 
-def _start(parts: _Parts, resume: dict[str, Any] | None) -> _State:
+def _teacher_source(members: Sequence[_Member], data: ImageDataset | Loaders) -> TeacherOutputs | None:
+    """Where the members' teacher outputs come from: the cache entry of their batch stream when the cache is on
+    and the batches can be keyed (the project's ImageDataset), else the live teacher on every step."""
+    lead = members[0].parts
+    if lead.teacher is None:
+        return None
+    levels = [j for m in members if isinstance(m.parts.loss_fn, FeatureKD) for j in m.parts.loss_fn.teacher_indices]
+    entry = None
+    if lead.cfg.teacher_cache and isinstance(data, ImageDataset):
+        entry = CacheEntry(stream_key(lead.cfg, teacher=lead.teacher, data=data, device=lead.device,
+                                      teacher_channels_last=lead.teacher_channels_last,
+                                      world_size=lead.world.world_size, rank=lead.world.rank))
+    return TeacherOutputs(lead.teacher, device=lead.device, amp=lead.cfg.amp, levels=levels, entry=entry)
+
+
+def _source_line(source: TeacherOutputs, members: Sequence[_Member]) -> str:
+    """What the run says about its teacher outputs before the first epoch."""
+    cfg = members[0].parts.cfg
+    if source.entry is None:
+        why = "--teacher-cache off" if not cfg.teacher_cache else "batches from a Python DataLoader have no cache key"
+        return f"teacher outputs: live on every step ({why})"
+    todo = range(min(m.state.epoch for m in members), cfg.epochs)
+    stored = source.entry.recorded(todo)
+    if source.levels:
+        return (f"teacher outputs: live on every step (the feature method needs the teacher's stage maps); its "
+                f"logits are recorded in {source.entry.path}")
+    if not stored:
+        return f"teacher outputs: live, recorded in {source.entry.path} for later runs with this teacher and batches"
+    rest = len(todo) - len(stored)
+    return (f"teacher outputs: {len(stored)} of {len(todo)} epochs replayed from {source.entry.path} (the teacher's "
+            f"forward pass is skipped)" + (f"; the other {rest} recorded there" if rest else ""))
+
+
+def _start(parts: _Parts, resume: dict[str, Any] | None, source: TeacherOutputs | None,
+           data: ImageDataset | Loaders) -> _State:
     """A fresh state (measuring the teacher first), or the one a resumed run saved."""
     state = _restore(parts, resume) if resume is not None else _State(teacher_top1=parts.models.teacher_top1)
     if parts.teacher is None:
         return state
     if state.teacher_top1 is None:
-        state.teacher_top1 = evaluate(parts.teacher, parts.data.test, device=parts.device, amp=parts.cfg.amp)["top1"]
+        def measure() -> float:
+            return evaluate(parts.teacher, parts.data.test, device=parts.device, amp=parts.cfg.amp)["top1"]
+
+        key = None  # under torchrun every rank measures: evaluate() is a collective, a cache hit on one rank is not
+        if source is not None and isinstance(data, ImageDataset) and parts.cfg.teacher_cache and not parts.world.distributed:
+            key = eval_key(parts.cfg, teacher=parts.teacher, data=data, device=parts.device,
+                           teacher_channels_last=parts.teacher_channels_last, eval_batch=parts.data.test.batch_size)
+        state.teacher_top1 = source.teacher_top1(measure, key) if source is not None else measure()
     parts.reporter.message(f"teacher {parts.cfg.teacher}: top-1 {state.teacher_top1:.2f}% on the "
                            f"{parts.data.eval_set}")
     return state
 
 
-def _train_epoch(parts: _Parts, state: _State, epoch: int) -> dict[str, Any]:
-    """Reseed, train one epoch, evaluate when due: the epoch's metrics record."""
-    cfg = parts.cfg
-    _seed_epoch(cfg.seed, epoch)
-    parts.data.train.set_epoch(epoch)
-    parts.loss_fn.set_epoch(epoch)  # DKD's warm-up of the distillation term
+def _train_epoch(members: Sequence[_Member], epoch: int, reporter: Any, source: TeacherOutputs | None
+                 ) -> list[dict[str, Any]]:
+    """Reseed, train the members one epoch on shared batches, evaluate when due: each member's metrics record.
+
+    The members share one batch stream (their settings agree but for the student), so each sees the very
+    batches and teacher outputs it would see alone; ``train_seconds`` is the shared epoch's.
+    """
+    lead = members[0].parts
+    cfg, loader = lead.cfg, lead.data.train
+    _seed_epoch(cfg.stream_seed, epoch)
+    loader.set_epoch(epoch)
+    for member in members:
+        member.parts.loss_fn.set_epoch(epoch)  # DKD's warm-up of the distillation term
+        member.parts.trainee.step = member.state.step
     epoch_start = time.perf_counter()
-    parts.reporter.start_epoch(epoch + 1, cfg.epochs, len(parts.data.train))
-    stats = train_one_epoch(
-        parts.train_model, parts.data.train, loss_fn=parts.loss_fn, optimizer=parts.optimizer,
-        lr_fn=parts.lr_at_step, first_step=state.step, device=parts.device, teacher=parts.teacher,
-        mixer=parts.mixer, ema=parts.ema, amp=cfg.amp, reporter=parts.reporter,
-        after_backward=parts.models.after_backward,
-    )
-    state.step = int(stats.pop("steps"))
-    record: dict[str, Any] = {"epoch": epoch + 1, **stats}
-    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-        record.update(_evaluate_epoch(parts))
-    record["seconds"] = time.perf_counter() - epoch_start  # training plus evaluation
-    return record
+    _call(reporter, "start_epoch", epoch + 1, cfg.epochs, len(loader))
+    if source is not None:
+        source.begin_epoch(epoch, len(loader))
+    stats = train_one_epoch([m.parts.trainee for m in members], loader, device=lead.device, teacher=source,
+                            mixer=lead.mixer, amp=cfg.amp, reporter=reporter)
+    outputs = source.end_epoch() if source is not None else None
+    due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    records = []
+    for member, epoch_stats in zip(members, stats):
+        member.state.step = int(epoch_stats.pop("steps"))
+        record: dict[str, Any] = {"epoch": epoch + 1, **epoch_stats}
+        if outputs is not None:
+            record["teacher_outputs"] = outputs  # replayed, recorded or live
+        if due:
+            record.update(_evaluate_epoch(member.parts))
+        record["seconds"] = time.perf_counter() - epoch_start  # training plus evaluation
+        records.append(record)
+    return records
 
 
 def _evaluate_epoch(parts: _Parts) -> dict[str, float]:
@@ -634,7 +739,6 @@ def _end_epoch(parts: _Parts, state: _State, record: dict[str, Any]) -> None:
     if parts.world.is_main:
         _save_epoch(parts, state, improved)
     parts.reporter.end_epoch(record)
-    state.epochs_this_session += 1
     _check_teacher_lead(parts, state, record)
 
 
@@ -675,14 +779,6 @@ def _save_epoch(parts: _Parts, state: _State, improved: bool) -> None:
         parts.tensorboard.flush()
 
 
-def _should_stop(parts: _Parts, state: _State, stop_after: int | None) -> bool:
-    if stop_after is None or state.epochs_this_session < stop_after:
-        return False
-    parts.reporter.message(f"stopping after {stop_after} epoch(s) as asked; continue with --resume "
-                           f"{parts.run_dir.path}")
-    return True
-
-
 def train(
     cfg: TrainConfig,
     models: Models,
@@ -699,50 +795,144 @@ def train(
     must not hold a checkpoint. ``resume`` is the ``last.pt`` checkpoint of the same run
     (:meth:`RunDir.load_resume`). ``stop_after`` ends this invocation after that many epochs, resumable
     later (for time-limited jobs). :class:`RunError` when another process is writing the folder.
+    :func:`train_many` with one run.
     """
-    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    _check_data(cfg, data)
-    # Every setting is checked against the data and the models while building, before the folder is
-    # touched: a refused run leaves nothing behind. One process writes the folder (rank 0, holding its lock).
-    parts = _build(cfg, models, data, run_dir, reporter)
-    with run_dir.writing(enabled=parts.world.is_main):
-        if parts.world.is_main:
-            _open_folder(parts, resume)
+    return train_many([cfg], [models], data, [run_dir], resumes=[resume], reporter=reporter, stop_after=stop_after)[0]
+
+
+def check_same_settings(cfgs: Sequence[TrainConfig]) -> None:
+    """Every setting but the student's name must agree: they decide the shared batches and teacher outputs."""
+    base = cfgs[0].replace(student="-", max_params=None)
+    for cfg in cfgs[1:]:
+        other = cfg.replace(student="-", max_params=None)
+        if other != base:
+            diff = sorted(k for k, v in other.to_dict().items() if base.to_dict()[k] != v)
+            raise ValueError(f"runs trained together must share every setting but the student; {cfg.student} "
+                             f"differs in {', '.join(diff)}")
+
+
+def train_many(
+    cfgs: Sequence[TrainConfig],
+    models: Sequence[Models],
+    data: ImageDataset | Loaders,
+    run_dirs: Sequence[str | Path | RunDir],
+    *,
+    resumes: Sequence[dict[str, Any] | None] | None = None,
+    reporter: Reporter | None = None,
+    stop_after: int | None = None,
+    resume_hint: str | None = None,
+) -> list[Summary]:
+    """Train several students on one batch stream and one source of teacher outputs; their summaries, in order.
+
+    ``cfgs[i]``, ``models[i]``, ``run_dirs[i]`` and ``resumes[i]`` are what :func:`train` takes for run ``i``.
+    Every config must equal the others but for ``student`` (and ``max_params``), and every ``models[i].teacher``
+    must be the same module (or all None). Each batch is drawn and mixed once and the teacher's outputs for it
+    are taken once (live, or replayed from :mod:`distill.teacher_cache`); then every student takes its step, so
+    each run's metrics and weights equal those of its own :func:`train`. Runs that stopped at different epochs
+    are caught up one epoch at a time (those behind train alone until the others' epoch). ``stop_after`` ends
+    this invocation after that many epochs; ``resume_hint`` is how to continue, said when it does (default
+    ``--resume RUN_DIR`` for one run).
+    """
+    if not (len(cfgs) == len(models) == len(run_dirs)) or not cfgs:
+        raise ValueError(f"need as many configs, models and run_dirs (at least one), got {len(cfgs)}, "
+                         f"{len(models)} and {len(run_dirs)}")
+    resumes = list(resumes) if resumes is not None else [None] * len(cfgs)
+    if len(resumes) != len(cfgs):
+        raise ValueError(f"resumes has {len(resumes)} entries for {len(cfgs)} runs")
+    if len({id(m.teacher) for m in models}) != 1:
+        raise ValueError("runs trained together must have the same teacher module (models[i].teacher)")
+    check_same_settings(cfgs)
+    folders = [d if isinstance(d, RunDir) else RunDir(d) for d in run_dirs]
+    for cfg in cfgs:
+        _check_data(cfg, data)
+    # Every setting is checked against the data and the models while building, before a folder is touched: a
+    # refused run leaves nothing behind. One process writes each folder (rank 0, holding its lock).
+    members = []
+    for cfg, m, folder, resume in zip(cfgs, models, folders, resumes):
+        mine = reporter if len(cfgs) == 1 else _Labelled(reporter or _Silent(), folder.path.name)
+        members.append(_Member(folder.path.name, _build(cfg, m, data, folder, mine), resume))
+    world = members[0].parts.world
+    reporter = (reporter or _Silent()) if world.is_main else _Null()
+    hint = resume_hint or (f"--resume {folders[0].path}" if len(folders) == 1 else "--resume")
+    with contextlib.ExitStack() as stack:
+        for member in members:
+            stack.enter_context(member.parts.run_dir.writing(enabled=world.is_main))
+            if world.is_main:
+                _open_folder(member.parts, member.resume)
         try:
-            summary = _run_epochs(parts, resume, stop_after)
+            summaries = _run_epochs(members, data, reporter, stop_after, hint)
         finally:
-            if parts.tensorboard is not None:
-                parts.tensorboard.close()
-    dist.barrier()  # nobody reads the run directory before rank 0 has written it
-    return summary
+            for member in members:
+                if member.parts.tensorboard is not None:
+                    member.parts.tensorboard.close()
+    dist.barrier()  # nobody reads the run folders before rank 0 has written them
+    return summaries
 
 
-def _run_epochs(parts: _Parts, resume: dict[str, Any] | None, stop_after: int | None) -> Summary:
-    """The loop over epochs, then the summary (written by rank 0)."""
-    cfg, run_dir = parts.cfg, parts.run_dir
-    state = _State()
+def _start_all(members: Sequence[_Member], data: ImageDataset | Loaders, reporter: Any) -> TeacherOutputs | None:
+    """The shared teacher-output source, and every member's state (the teacher measured once for all)."""
+    source = _teacher_source(members, data)
+    teacher_top1 = None
+    for member in members:
+        if member.parts.models.teacher_top1 is None and member.resume is None:
+            member.parts.models.teacher_top1 = teacher_top1
+        member.state = _start(member.parts, member.resume, source, data)
+        teacher_top1 = member.state.teacher_top1 if teacher_top1 is None else teacher_top1
+    if source is not None:
+        _call(reporter, "message", _source_line(source, members))
+    return source
+
+
+def _run_epochs(members: list[_Member], data: ImageDataset | Loaders, reporter: Any, stop_after: int | None,
+                hint: str) -> list[Summary]:
+    """The loop over epochs, then the summaries (written by rank 0)."""
+    cfg = members[0].parts.cfg
+    current = members[0]  # the member an error belongs to
     try:
-        state = _start(parts, resume)
-        for epoch in range(state.epoch, cfg.epochs):
-            if _should_stop(parts, state, stop_after):
+        source = _start_all(members, data, reporter)
+        epochs_run = 0
+        for epoch in range(min(m.state.epoch for m in members), cfg.epochs):
+            if stop_after is not None and epochs_run >= stop_after:
+                _call(reporter, "message", f"stopping after {stop_after} epoch(s) as asked; continue with {hint}")
                 break
-            _end_epoch(parts, state, _train_epoch(parts, state, epoch))
-        summary = _summary(parts, state)
-        if parts.world.is_main:
-            run_dir.write_summary(summary)
+            active = [m for m in members if m.state.epoch == epoch]  # those behind catch up first
+            if not active:
+                continue
+            records = _train_epoch(active, epoch, reporter, source)
+            for current, record in zip(active, records):
+                _end_epoch(current.parts, current.state, record)
+            if len(members) > 1:
+                _call(reporter, "end_epoch", _mean_record(records, epoch))
+            epochs_run += 1
+        summaries = []
+        for current in members:
+            summaries.append(_summary(current.parts, current.state))
+            if current.parts.world.is_main:
+                current.parts.run_dir.write_summary(summaries[-1])
     except TrainingDiverged as err:
-        message = f"{err}; lower --lr or check the data. {_kept(run_dir, state)}"
+        current = next((m for m in members if m.name == err.who), current)
+        parts, state = current.parts, current.state
+        message = f"{err}; lower --lr or check the data. {_kept(parts.run_dir, state)}"
         if parts.world.is_main and state.epoch:  # the summary says so too: never complete, never stale
             _write_stopped_summary(parts, state, message)
         raise TrainingDiverged(message) from None
     except WriteError as err:  # a full or read-only disk: every file is whole, the run resumable
-        raise WriteError(f"{err}. {_kept(run_dir, state, disk=True)}") from None
+        raise WriteError(f"{err}. {_kept(current.parts.run_dir, current.state, disk=True)}") from None
     except Exception as err:
-        if not (parts.world.distributed and dist.is_peer_failure(err)):
+        world = current.parts.world
+        if not (world.distributed and dist.is_peer_failure(err)):
             raise
         dist.stop_listening()
-        raise dist.RunStopped(_stopped_message(err, run_dir.path, parts.world, state.epoch)) from None
-    return summary
+        raise dist.RunStopped(_stopped_message(err, current.parts.run_dir.path, world, current.state.epoch)) from None
+    return summaries
+
+
+def _mean_record(records: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """The progress line of an epoch several students trained: means over them (each has its own line too)."""
+    keys = [k for k in ("train_loss", "train_top1", "test_top1") if all(k in r for r in records)]
+    mean = {key: sum(r[key] for r in records) / len(records) for key in keys}
+    return {"epoch": epoch + 1, **mean, "train_img_s": sum(r["train_img_s"] for r in records),
+            "seconds": max(r["seconds"] for r in records)}
 
 
 def _write_stopped_summary(parts: _Parts, state: _State, reason: str) -> None:
@@ -832,8 +1022,16 @@ def _summary(parts: _Parts, state: _State) -> Summary:
         device=device_name(parts.device), torch=torch.__version__, git_commit=git_commit(), data=parts.data.source,
         train_images=parts.data.train_images, test_images=parts.data.test_images,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), world_size=parts.world.world_size,
-        extra=dict(parts.models.extra_summary), run_dir=parts.run_dir.path,
+        extra={**parts.models.extra_summary, **_outputs_summary(records)}, run_dir=parts.run_dir.path,
     )
+
+
+def _outputs_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many epochs took the teacher's outputs from the cache, recorded them, or ran it live."""
+    modes = [r["teacher_outputs"] for r in records if "teacher_outputs" in r]
+    if not modes:
+        return {}
+    return {"teacher_outputs": {mode: modes.count(mode) for mode in ("replayed", "recorded", "live")}}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

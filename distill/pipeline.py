@@ -37,6 +37,7 @@ from .plan import (TIMING_BATCH, TIMING_STEPS, Phase, RunPlan, TeacherPlan, Timi
                    seconds_per_image)
 from .recipes import TEACHER_RECIPES, teacher_config, teacher_recipe_record
 from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, RunDir, Summary, find_checkpoint, is_complete, read_summary
+from .teacher_cache import plan_cache
 
 __all__ = [
     "load_data",
@@ -60,13 +61,13 @@ def load_data(cfg: TrainConfig, progress: ProgressFn | None = None) -> ImageData
     """The run's data: decoded (or cached), optionally subset, optionally with a validation split."""
     data = load_dataset(cfg.data, image_size=cfg.image_size, download=True, progress=progress)
     if cfg.train_subset or cfg.test_subset:
-        data = data.subset(train=cfg.train_subset, test=cfg.test_subset, seed=cfg.seed)
+        data = data.subset(train=cfg.train_subset, test=cfg.test_subset, seed=cfg.stream_seed)
     if cfg.val_split:
         if cfg.val_split >= data.train_labels.numel():
             raise UserError(
                 f"--val-split {cfg.val_split} leaves no training images (only {data.train_labels.numel()})"
             )
-        data = data.split_validation(cfg.val_split, seed=cfg.seed)
+        data = data.split_validation(cfg.val_split, seed=cfg.stream_seed)
     if cfg.num_classes is not None and cfg.num_classes != data.num_classes:
         raise UserError(f"--num-classes {cfg.num_classes} but the data has {data.num_classes} classes")
     return data
@@ -77,15 +78,17 @@ def test_selection(cfg: TrainConfig) -> dict[str, Any]:
     its summary; :func:`load_data` of the same config picks the same images again."""
     if cfg.val_split:
         how = (f"{cfg.val_split:,} validation images held out of the training split of {cfg.data} "
-               f"(random, seed {cfg.seed})")
+               f"(random, seed {cfg.stream_seed})")
     elif cfg.test_subset:
-        how = f"{cfg.test_subset:,} test images of {cfg.data}, class-balanced (ImageDataset.subset, seed {cfg.seed})"
+        how = (f"{cfg.test_subset:,} test images of {cfg.data}, class-balanced (ImageDataset.subset, "
+               f"seed {cfg.stream_seed})")
     else:
         how = f"the whole test split of {cfg.data}"
     if cfg.val_split and (cfg.train_subset or cfg.test_subset):
-        how += f", after a class-balanced subset of train {cfg.train_subset} / test {cfg.test_subset} (seed {cfg.seed})"
+        how += (f", after a class-balanced subset of train {cfg.train_subset} / test {cfg.test_subset} "
+                f"(seed {cfg.stream_seed})")
     return {"how": how, "data": cfg.data, "train_subset": cfg.train_subset, "test_subset": cfg.test_subset,
-            "val_split": cfg.val_split, "seed": cfg.seed}
+            "val_split": cfg.val_split, "seed": cfg.stream_seed}
 
 
 def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
@@ -160,8 +163,9 @@ def _data_key(cfg: TrainConfig, data: ImageDataset) -> str:
 
 # Settings that do not change what a teacher learns (or, for the seed, not which teacher is good enough:
 # seeds of a student share one teacher); every other teacher setting is part of the store key.
-_NOT_IN_TEACHER_KEY = ("device", "amp", "seed", "channels_last", "compile", "tensorboard", "ema", "ema_decay", "tta",
-                       "teacher", "teacher_mode", "data", "train_subset", "test_subset", "val_split")
+_NOT_IN_TEACHER_KEY = ("device", "amp", "seed", "data_seed", "teacher_cache", "channels_last", "compile", "tensorboard",
+                       "ema", "ema_decay", "tta", "teacher", "teacher_mode", "data", "train_subset", "test_subset",
+                       "val_split")
 
 
 def _teacher_key(teacher_cfg: TrainConfig) -> str:
@@ -311,7 +315,7 @@ def _recorded_params(path: Path) -> int | None:
 def _data_line(cfg: TrainConfig) -> str:
     how = []
     if cfg.train_subset or cfg.test_subset:
-        how.append(f"class-balanced subset, seed {cfg.seed}")
+        how.append(f"class-balanced subset, seed {cfg.stream_seed}")
     if cfg.val_split:
         how.append(f"{cfg.val_split:,} training images held out for validation")
     return cfg.data + (f" ({'; '.join(how)})" if how else "")
@@ -371,7 +375,7 @@ def plan_run(cfg: TrainConfig, data: ImageDataset, *, store_root: str | Path | N
     phases = []
     student_train = per_image(trainee, True, f"{cfg.model_name}: training step")
     student_fwd = per_image(trainee, False, f"{cfg.model_name}: forward pass", warm_up=False)  # shapes just ran
-    teacher_fwd = 0.0
+    teacher_fwd, cache = 0.0, None
     if teacher is not None:
         if teacher.source == "train":
             t_cfg = teacher_config(cfg)
@@ -386,15 +390,22 @@ def plan_run(cfg: TrainConfig, data: ImageDataset, *, store_root: str | Path | N
             teacher_fwd = t_fwd_train
         else:
             teacher_fwd = per_image(teacher_net, False, f"{cfg.teacher}: forward pass")
+        cache = plan_cache(cfg, teacher_net if teacher.source != "train" else None, data, device=device,
+                           teacher_channels_last=cfg.channels_last and channels_last_safe(teacher_net, device),
+                           feature_method=cfg.kd_loss in FEATURE_KD_NAMES, teacher_forward_s=teacher_fwd)
         phases.append(Phase("teacher evaluation", n_test * teacher_fwd, f"{n_test:,} test images, once"))
-    total = (cfg.epochs * n_train * (student_train + teacher_fwd)
+    live_epochs = cfg.epochs - (cache.cached_epochs if cache is not None else 0)
+    total = (cfg.epochs * n_train * student_train + live_epochs * n_train * teacher_fwd
              + eval_passes(cfg.epochs, cfg.eval_every, cfg.ema, cfg.tta) * n_test * student_fwd)
-    what = "teacher forward included" if teacher is not None else "evaluations included"
+    what = "evaluations included"
+    if teacher is not None:
+        what = ("teacher forward included" if live_epochs == cfg.epochs else
+                f"teacher forward in {live_epochs} epochs, replayed in {cfg.epochs - live_epochs}")
     phases.append(Phase("distillation" if teacher is not None else "training", total,
                         f"{cfg.epochs} epochs x {n_train:,} images, {what}", total / cfg.epochs))
     timing = (f"extrapolated from 1-{TIMING_STEPS} timed steps of {batch} images per model on {device.type} "
               f"(the run uses batch {cfg.batch_size}; the machine's load moves these)")
-    return plan.with_phases(tuple(phases), timing)
+    return plan.with_phases(tuple(phases), timing, cache=cache.line() if cache is not None else None)
 
 
 def _offline(cfg: TrainConfig) -> TrainConfig:

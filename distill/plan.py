@@ -152,6 +152,7 @@ class RunPlan:
     phases: tuple[Phase, ...] = ()
     timing: str = ""  # how the phases were estimated
     notes: tuple[str, ...] = field(default_factory=tuple)
+    cache: str | None = None  # what the teacher-output cache does for the run (distill.teacher_cache.CachePlan)
 
     @property
     def total_seconds(self) -> float:
@@ -161,8 +162,8 @@ class RunPlan:
     def too_long(self) -> bool:
         return self.total_seconds > TOO_LONG_S
 
-    def with_phases(self, phases: tuple[Phase, ...], timing: str) -> RunPlan:
-        return replace(self, phases=phases, timing=timing)
+    def with_phases(self, phases: tuple[Phase, ...], timing: str, cache: str | None = None) -> RunPlan:
+        return replace(self, phases=phases, timing=timing, cache=cache)
 
     def describe_lines(self) -> list[str]:
         """The plan without the time estimate: device, data, teacher source, model sizes."""
@@ -204,7 +205,8 @@ class RunPlan:
         """The time per phase, the total, and plain advice when it is too long for this machine."""
         if not self.phases:
             return []
-        lines = [f"  estimate  {self.timing}"]
+        lines = [f"  cache     {self.cache}"] if self.cache else []
+        lines.append(f"  estimate  {self.timing}")
         for p in self.phases:
             lines.append(f"            {p.name:<19} {duration(p.seconds):>10}   ({p.detail})")
         lines.append(f"            {'total':<19} {duration(self.total_seconds):>10}")

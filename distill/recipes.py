@@ -89,8 +89,8 @@ TEACHER_RECIPES: dict[str, dict[str, Any]] = {
 DEFAULT_TEACHER_RECIPE = "teacher-default"
 TEACHER_INHERITS = (
     "teacher", "teacher_mode", "teacher_pretrained", "teacher_weights", "data", "train_subset", "test_subset",
-    "val_split", "batch_size", "mixup", "cutmix", "mix_prob", "device", "amp", "seed", "channels_last",
-    "compile",
+    "val_split", "batch_size", "mixup", "cutmix", "mix_prob", "device", "amp", "seed", "data_seed", "channels_last",
+    "compile", "teacher_cache",
 )
 
 

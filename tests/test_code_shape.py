@@ -56,3 +56,20 @@ def test_packages_import_one_way() -> None:
                     if top in order and order[top] > order[package]:
                         upward.append(f"{path.relative_to(ROOT)} imports {name}")
     assert upward == []
+
+
+def test_no_module_reaches_into_the_engines_private_names() -> None:
+    """One training loop (issue 27): sweep, api, pipeline, prune and the benchmarks use the engine's public names
+    only, so the loop can change without them."""
+    offenders = []
+    for path in sorted(p for folder in (*PACKAGES, "benchmarks") for p in (ROOT / folder).rglob("*.py")):
+        if path == ROOT / "distill" / "engine.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id == "engine"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} engine.{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("engine"):
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {a.name}" for a in node.names
+                              if a.name.startswith("_")]
+    assert offenders == []

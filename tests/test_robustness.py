@@ -261,12 +261,12 @@ def test_divergence_at_an_epoch_end_keeps_the_last_good_epoch(capsys, cifar_subs
 
     real_train, real_eval = engine._train_epoch, engine._evaluate_epoch
 
-    def train_epoch(parts, state, epoch):  # the epoch trains normally; then the weights go bad
-        record = real_train(parts, state, epoch)
+    def train_epoch(members, epoch, reporter, source):  # the epoch trains normally; then the weights go bad
+        records = real_train(members, epoch, reporter, source)
         if epoch == 1 and poison == "weights":
             with torch.no_grad():
-                next(parts.model.parameters())[0].fill_(float("nan"))
-        return record
+                next(members[0].parts.model.parameters())[0].fill_(float("nan"))
+        return records
 
     def evaluate_epoch(parts):
         out = real_eval(parts)
