@@ -9,7 +9,9 @@ reused when present). The sweep saves the teacher's forward pass for all but one
 per-process costs (start-up, data loading, teacher evaluation) for all but one. Each repeat runs both
 variants, alternating which goes first, so a load change on a shared machine hits both; the load average
 is printed beside every timing. The separate runs and the sweep must also give the same test top-1 per
-student (same seed, same batches); the row says whether they did.
+student (same seed, same batches); the row says whether they did. The teacher-output cache is off by default
+here (``--teacher-cache on`` to include it): with it, whichever variant runs first would record the teacher's
+outputs and the other replay them.
 
 Prints one markdown row per repeat: command, date, commit, device, seconds (separate / sweep), ratio.
 
@@ -93,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: KD vs --feature-method accuracy over --seeds (issue 14, point 4)")
     parser.add_argument("--feature-method", default="kd+at", help="with --accuracy: the feature method to compare")
     parser.add_argument("--seeds", default="0,1", help="with --accuracy: comma-separated seeds")
+    parser.add_argument("--teacher-cache", choices=("off", "on"), default="off",
+                        help="off (default): every variant runs its teacher live, so the sweep's shared forward pass "
+                             "is what is measured; on: the first variant records the teacher's outputs and the "
+                             "others replay them (benchmarks/teacher_cache.py measures the cache itself)")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.accuracy:
         return _accuracy(args, distill, data, teacher_dir, students[0], work)
     shared = [*data, "--teacher", args.teacher, "--teacher-ckpt", str(teacher_dir), "--epochs", str(args.epochs),
-              "--batch-size", str(args.batch_size), "--kd-loss", args.kd_loss]
+              "--batch-size", str(args.batch_size), "--kd-loss", args.kd_loss, "--teacher-cache", args.teacher_cache]
     sweep_cmd = [*distill, "sweep", *shared, "--students", ",".join(students)]
     run_cmd = [*distill, "run", *shared]
 
