@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import students
+from students.common.errors import UserError
 from teachers import FrozenTeacher
 
 from .config import TrainConfig
@@ -50,14 +51,19 @@ def _name(model: nn.Module) -> str:
 
 
 def _num_classes(config: TrainConfig, student: nn.Module, train: Batches) -> int:
-    """From the config, the student's ``num_classes``, the dataset's ``classes``, or one forward pass."""
-    if config.num_classes is not None:
-        return config.num_classes
-    if isinstance(getattr(student, "num_classes", None), int):
-        return student.num_classes
+    """From the config, the dataset's ``classes``, the student's ``num_classes``, or one forward pass. The data
+    comes first: a student built for other classes is refused by the engine's output-width check, never trained
+    on the wrong number of classes."""
     classes = getattr(getattr(train, "dataset", None), "classes", None)
+    if config.num_classes is not None:
+        if classes and len(classes) != config.num_classes:
+            raise UserError(f"config.num_classes is {config.num_classes} but the training data has {len(classes)} "
+                            "classes")
+        return config.num_classes
     if classes:
         return len(classes)
+    if isinstance(getattr(student, "num_classes", None), int):
+        return student.num_classes
     images, _ = next(iter(train))
     was_training = student.training
     student.eval()

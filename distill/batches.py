@@ -4,7 +4,7 @@ moved to the device batch by batch, with what the summary and checkpoints record
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,8 @@ from .config import TrainConfig
 from .data import DeviceLoader, ImageDataset
 from .device import memory_format_for
 
-__all__ = ["EVAL_BATCH", "Loaders", "OnDevice", "Batches", "dataset_batches", "loader_batches", "eval_label"]
+__all__ = ["EVAL_BATCH", "Loaders", "OnDevice", "Batches", "dataset_batches", "loader_batches", "eval_label",
+           "check_classes"]
 
 @dataclass
 class Loaders:
@@ -79,6 +80,7 @@ class Batches:
     test_images: int
     eval_set: str  # what the reported top-1 is measured on
     meta: dict[str, Any]  # normalisation and class names, recorded in checkpoints (a teacher re-normalises by it)
+    input_shape: tuple[int, int, int] = (3, 32, 32)  # one image: channels, height, width
 
 
 def dataset_batches(data: ImageDataset, cfg: TrainConfig, device: torch.device, world: dist.DistInfo, *,
@@ -98,8 +100,9 @@ def dataset_batches(data: ImageDataset, cfg: TrainConfig, device: torch.device, 
     test = DeviceLoader(data.test_images, data.test_labels, batch_size=max(cfg.batch_size, EVAL_BATCH), train=False,
                         **common)
     return Batches(train, test, data.num_classes, data.source, int(data.train_labels.numel()),
-                    int(data.test_labels.numel()), eval_label(cfg, data),
-                    {"data_mean": list(data.mean), "data_std": list(data.std), "classes": list(data.classes)})
+                   int(data.test_labels.numel()), eval_label(cfg, data),
+                   {"data_mean": list(data.mean), "data_std": list(data.std), "classes": list(data.classes)},
+                   tuple(data.train_images.shape[1:]))
 
 
 EVAL_BATCH = 500  # images per evaluation batch at least: no gradients, so larger batches are cheap
@@ -114,11 +117,31 @@ def loader_batches(data: Loaders, cfg: TrainConfig, device: torch.device, *, cha
     n_test = test.count_images()
     which = "validation set" if cfg.val_split else "test set"
     meta = {"classes": list(data.classes)} if data.classes else {}
+    images, _ = next(iter(data.train))  # checked before (distill.engine): a float N x C x H x W tensor
     return Batches(train, test, data.num_classes, data.source, train.count_images(), n_test,
-                    f"{which} ({n_test:,} images)", meta)
+                   f"{which} ({n_test:,} images)", meta, tuple(images.shape[1:]))
 
 
 def eval_label(cfg: TrainConfig, data: ImageDataset) -> str:
     """What the reported top-1 is measured on, e.g. ``test set (10,000 images)``."""
     which = "validation split" if cfg.val_split else "test set"
     return f"{which} ({data.test_labels.numel():,} images)"
+
+
+def check_classes(ckpt: dict[str, Any], classes: Sequence[str], what: str) -> None:
+    """Refuse a checkpoint trained on other class names, or on the same ones in another order: its label ``i``
+    would mean another class here and every figure would be silently shifted. Checkpoints that record no
+    class names (older ones, custom modules) are checked by their class count only, elsewhere."""
+    recorded = ckpt.get("meta", {}).get("classes")
+    if not isinstance(recorded, list) or list(recorded) == list(classes):
+        return
+    if sorted(recorded) == sorted(classes):
+        first = next(i for i, (a, b) in enumerate(zip(recorded, classes)) if a != b)
+        raise UserError(f"{what} was trained with the classes in another order (its label {first} is "
+                        f"{recorded[first]!r}, here {classes[first]!r}); its predictions would be shifted: use data "
+                        "whose class folders sort as they did")
+    missing = [c for c in recorded if c not in classes][:3]
+    raise UserError(f"{what} was trained on other classes ({len(recorded)}: {', '.join(map(repr, recorded[:4]))}"
+                    f"{', ...' if len(recorded) > 4 else ''}) than the data's ({len(classes)}"
+                    f"{'; it lacks ' + ', '.join(map(repr, missing)) if missing else ''}); use the data it was "
+                    "trained on")

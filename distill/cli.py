@@ -130,13 +130,15 @@ def _train(args: argparse.Namespace, kind: str) -> int:
     if args.resume:
         from .pipeline import run_training
 
-        ignored = sorted(k for k, v in vars(args).items() if k not in NON_CONFIG and k not in ("epochs", "device"))
+        ignored = sorted(k for k, v in vars(args).items()
+                         if k not in NON_CONFIG and k not in ("epochs", "device", "extend"))
         if ignored:
             console.print(f"[yellow]--resume uses the run's saved settings; ignoring {', '.join(ignored)}[/]")
         with RichReporter(kind) as reporter:
             summary = run_training(TrainConfig(), Path(args.resume), resume=True, reporter=reporter,
                                    progress=decode_progress(), stop_after=args.stop_after,
-                                   make_reporter=lambda label: reporter, epochs_override=getattr(args, "epochs", None))
+                                   make_reporter=lambda label: reporter, epochs_override=getattr(args, "epochs", None),
+                                   extend=getattr(args, "extend", False))
         console.print(summary_table(summary, Path(args.resume)))
         return 0
     cfg = config_from_args(args, kind)
@@ -178,6 +180,10 @@ def _eval(args: argparse.Namespace) -> int:
     from .engine import predict
     from .rundir import find_checkpoint
 
+    if args.test_subset is not None and args.test_subset < 1:  # 0 would silently mean "all"
+        raise UserError(f"--test-subset must be at least 1, got {args.test_subset}")
+    if not 1 <= args.batch_size <= 1 << 20:
+        raise UserError(f"--batch-size {args.batch_size} is out of range; use 1..{1 << 20}")
     report_dir = _report_dir(args.report)
     path = find_checkpoint(args.checkpoint)
     model, ckpt = teachers.load_model(path)
@@ -195,6 +201,9 @@ def _eval(args: argparse.Namespace) -> int:
     num_classes = int(ckpt["arch"].get("num_classes", -1))
     if num_classes != data.num_classes:
         raise UserError(f"{path} predicts {num_classes} classes but {data.source} has {data.num_classes}")
+    from .pipeline import check_classes
+
+    check_classes(ckpt, data.classes, str(path))
     meta = ckpt.get("meta", {})
     mean, std = tuple(meta.get("data_mean", data.mean)), tuple(meta.get("data_std", data.std))
     device = resolve_device(args.device)

@@ -65,6 +65,9 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
             if action.dest == "epochs":
                 action.help = "the same as --finetune-epochs (default: the source run's epochs; 0 prunes only)"
     if kind in ("run", "teacher"):
+        p.add_argument("--extend", action="store_true",
+                       help="with --resume and a larger --epochs: reopen a finished run for more epochs (its schedule "
+                            "is recomputed for the new length, so the lr rises again, and its result is replaced)")
         p.add_argument("--dry-run", action="store_true",
                        help="print the plan (device, data, teacher source, sizes, time estimate) and exit; "
                             "writes nothing")
@@ -180,7 +183,7 @@ def _run_args(run: argparse._ArgumentGroup) -> None:
                      help="stop after N epochs in this invocation (resumable), e.g. for time-limited jobs")
 
 
-NON_CONFIG = {"command", "verbose", "out", "resume", "stop_after", "dry_run"}
+NON_CONFIG = {"command", "verbose", "out", "resume", "stop_after", "dry_run", "extend"}
 
 
 def config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
@@ -189,7 +192,8 @@ def config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
     settings: dict[str, Any] = {}
     if "config" in given:
         path = given.pop("config")
-        settings.update(TrainConfig.settings_from(read_settings(path)))
+        settings.update(TrainConfig.settings_from(read_settings(path), f"config {path}"))
+        _check_config_kind(path, settings, given, kind)
     if "recipe" in given:
         settings.update(recipe_overrides(given.pop("recipe")))
     if "max_params" in given:
@@ -208,6 +212,18 @@ def config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
     if "milestones" in settings:
         settings["milestones"] = tuple(settings["milestones"])
     return TrainConfig(**settings)
+
+
+def _check_config_kind(path: str, settings: dict[str, Any], given: dict[str, Any], kind: str) -> None:
+    """A config of another kind of run means something else here: refuse it in one line rather than guess."""
+    recorded = settings.get("kind")  # a partial settings file need not say
+    if recorded is not None and kind in ("run", "teacher") and recorded != kind:
+        raise UserError(f"config {path} holds the settings of a `distill {recorded}` run; pass it to "
+                        f"`distill {recorded} --config {path}`")
+    if settings.get("init_ckpt") and "student" in given and given["student"] != settings.get("student"):
+        raise UserError(f"config {path} starts from init_ckpt {settings['init_ckpt']} (a {settings.get('student')} "
+                        f"with its own, maybe pruned, widths), so --student {given['student']} would not be trained; "
+                        "drop --student, or remove init_ckpt from the config to train it from scratch")
 
 
 class RichReporter:

@@ -24,6 +24,9 @@ FEATURE_KD_NAMES = ("fitnet", "at", *(f"{lg}+{ft}" for lg in LOGIT_KD_LOSSES for
 KD_LOSS_NAMES = LOGIT_KD_LOSSES + FEATURE_KD_NAMES
 TEACHER_MODES = ("cifar", "upsample")
 DEVICES = ("auto", "cpu", "cuda")
+KINDS = ("run", "teacher")
+CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "kd_loss": KD_LOSS_NAMES, "device": DEVICES,
+           "teacher_mode": TEACHER_MODES, "kind": KINDS}
 
 
 class ConfigError(UserError):
@@ -36,6 +39,138 @@ MAX_IMAGE_SIDE = 1024
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+# ------------------------------------------------------------------------------------------ the typed schema
+#
+# Every value, whether it comes from a flag, a JSON or YAML file, a recipe or Python, goes through
+# :func:`coerce_setting` in TrainConfig.__post_init__: converted to its field's type when that is unambiguous
+# (YAML reads ``lr: 1e-3`` as a string; ``"0.1"`` is a number), refused in one line naming the field otherwise
+# (booleans only as booleans, lists only as lists). Then :data:`BOUNDS` keeps every number in a range that no
+# sensible run leaves and that cannot hang or overflow anything downstream.
+
+# Inclusive bounds of numeric settings (None: open). Far beyond any real run, short of a hang or an overflow.
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1  # numpy's and most tools' seed range
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "num_classes": (2, 1_000_000), "max_params": (1, 10**12), "teacher_top1": (0.0, 100.0),
+    "teacher_epochs": (1, MAX_EPOCHS), "teacher_lr": (None, 1e3), "image_size": (8, 1024),
+    "train_subset": (1, 10**9), "test_subset": (1, 10**9), "val_split": (0, 10**9), "epochs": (1, MAX_EPOCHS),
+    "batch_size": (1, 1 << 20), "lr": (None, 1e3), "momentum": (0.0, 0.999999), "weight_decay": (0.0, 10.0),
+    "warmup_epochs": (0.0, MAX_EPOCHS), "min_lr_ratio": (0.0, 1.0), "sgdr_t0": (1, MAX_EPOCHS),
+    "sgdr_mult": (1, 100), "gamma": (1e-12, 10.0), "temperature": (None, 1e3), "kd_weight": (0.0, 1.0),
+    "kd_warmup_epochs": (0.0, MAX_EPOCHS), "feat_weight": (0.0, 1e9), "label_smoothing": (0.0, 0.999999),
+    "mixup": (0.0, 1e3), "cutmix": (0.0, 1e3), "mix_prob": (0.0, 1.0), "crop_padding": (0, 1023),
+    "cutout": (0, 1024), "ema_decay": (None, None), "seed": (0, MAX_SEED), "data_seed": (0, MAX_SEED),
+    "eval_every": (1, MAX_EPOCHS),
+}
+MAX_MILESTONES = 1000
+
+
+def _field_kinds() -> dict[str, tuple[str, bool]]:
+    """Each TrainConfig field's base type (``int``, ``float``, ``bool``, ``str``, ``tuple``) and whether None is allowed."""
+    kinds = {}
+    for f in fields(TrainConfig):
+        parts = [p.strip() for p in str(f.type).split("|")]
+        kinds[f.name] = ("tuple" if parts[0].startswith("tuple") else parts[0], "None" in parts)
+    return kinds
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return (text if len(text) <= 40 else text[:37] + "...") + f" ({type(value).__name__})"
+
+
+def _as_number(value: Any) -> int | float | None:
+    """An int or float for numbers and numeric strings ("1e-3", " 30 "); None for anything else (bools too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str) and len(value) <= 64:
+        text = value.strip().replace("_", "")
+        for convert in (int, float):
+            try:
+                return convert(text)
+            except ValueError:
+                pass
+    return None
+
+
+def coerce_setting(name: str, value: Any) -> Any:
+    """``value`` as TrainConfig field ``name`` needs it, or :class:`ConfigError` naming the field and the type.
+
+    Numbers may come as numeric strings; a whole number may come as a float with no fraction (``1e3``);
+    booleans must be booleans (the string ``"false"`` is refused, not read as true); ``milestones`` must be a
+    list of numbers.
+    """
+    kind, optional = _KINDS[name]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{_flag(name)} needs {_NEEDS[kind]}, got null")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{_flag(name)} needs true or false, got {_shown(value)}")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{_flag(name)} needs a name (text), got {_shown(value)}")
+    if kind == "tuple":
+        if not isinstance(value, (list, tuple)) or len(value) > MAX_MILESTONES:
+            raise ConfigError(f"{_flag(name)} needs a list of at most {MAX_MILESTONES} numbers, got {_shown(value)}")
+        return tuple(_number(name, v, "float") for v in value)
+    return _number(name, value, kind)
+
+
+def _number(name: str, value: Any, kind: str) -> int | float:
+    number = _as_number(value)
+    if number is None:
+        whole = "a whole number" if kind == "int" else "a number"
+        raise ConfigError(f"{_flag(name)} must be {whole}, got {_shown(value)}")
+    if kind == "int" and isinstance(number, float):
+        if not (math.isfinite(number) and number.is_integer()):
+            raise ConfigError(f"{_flag(name)} must be a whole number, got {value!r}")
+        return int(number)
+    return float(number) if kind == "float" else number
+
+
+_NEEDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "a name (text)",
+          "tuple": "a list of numbers"}
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """:func:`coerce_setting`, then the checks one field can make alone: finite, within :data:`BOUNDS`. Settings
+    files are checked value by value with this, so an error names the file; TrainConfig then checks how
+    the fields combine."""
+    value = coerce_setting(name, value)
+    if name in CHOICES and value is not None:
+        _choice(name, value, CHOICES[name])
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{_flag(name)} must be a finite number, got {v}")
+    low, high = BOUNDS.get(name, (None, None))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            (low is not None and value < low) or (high is not None and value > high)):
+        span = f"{_fmt(low)}..{_fmt(high)}" if low is not None and high is not None else (
+            f"at least {_fmt(low)}" if low is not None else f"at most {_fmt(high)}")
+        raise ConfigError(f"{_flag(name)} {value!r} is out of range; use {span}")
+    if name == "milestones" and any(m > MAX_EPOCHS for m in value):
+        raise ConfigError(f"--milestones {list(value)} go beyond {MAX_EPOCHS} epochs")
+    return value
+
+
+def _check_bounds(cfg: Any) -> None:
+    """Every number within :data:`BOUNDS` (NaN and infinities were refused before)."""
+    for name in (*BOUNDS, "milestones"):
+        check_setting(name, getattr(cfg, name))
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
 def _check_numbers(cfg: Any) -> None:
@@ -156,6 +291,8 @@ class TrainConfig:
     recipe: str | None = None  # the named recipe these settings started from (distill.recipes)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # frozen: set through object.__setattr__, once, before anything reads them
+            object.__setattr__(self, f.name, coerce_setting(f.name, getattr(self, f.name)))
         _check_numbers(self)
         if self.kind not in ("run", "teacher"):
             raise ConfigError(f"kind must be run or teacher, got {self.kind!r}")
@@ -213,6 +350,7 @@ class TrainConfig:
             raise ConfigError("--teacher-ckpt needs --teacher NAME (the checkpoint's model name)")
         if self.kind == "teacher" and not self.teacher:
             raise ConfigError("distill teacher needs --teacher NAME")
+        _check_bounds(self)
 
     @property
     def uses_teacher(self) -> bool:
@@ -242,21 +380,32 @@ class TrainConfig:
         return cls(**cls.settings_from(data))
 
     @classmethod
-    def settings_from(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """``data`` as field values, not yet validated: old names mapped, unknown names refused."""
+    def settings_from(cls, data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+        """``data`` as field values, each converted to its field's type (:func:`coerce_setting`): old names
+        mapped, unknown names and values of the wrong type refused in one line that names ``source``.
+        Cross-field rules are checked when the TrainConfig is built."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} must hold a mapping of settings, got a {type(data).__name__}")
+        if bad := [k for k in data if not isinstance(k, str)]:
+            raise ConfigError(f"{source} has a setting name that is not text: {bad[0]!r}; write names such as lr")
+        if {"students", "config"} <= set(data):
+            raise ConfigError(f"{source} is a sweep's sweep.json, not a run's settings; continue the sweep with "
+                              "distill sweep --resume FOLDER, or pass one student's FOLDER/STUDENT/config.json")
         data = dict(data)
         if "alpha" in data:
             if "kd_weight" in data:
-                raise ConfigError("config gives both alpha and kd_weight; alpha is the old name of kd_weight, keep one")
+                raise ConfigError(f"{source} gives both alpha and kd_weight; alpha is the old name of kd_weight, "
+                                  "keep one")
             data["kd_weight"] = data.pop("alpha")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             hint = suggest(unknown[0], sorted(known))
-            raise ConfigError(f"config has unknown settings {unknown}{hint}; was it written by a newer version?")
-        if "milestones" in data:
-            data["milestones"] = tuple(data["milestones"])
-        return data
+            raise ConfigError(f"{source} has unknown settings {unknown}{hint}; was it written by a newer version?")
+        try:
+            return {name: check_setting(name, value) for name, value in data.items()}
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         """Write ``config.json`` atomically (:class:`~students.common.files.WriteError` on a full or read-only disk)."""
@@ -265,30 +414,87 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         """A config file: a run's ``config.json``, or any ``.json``/``.yaml`` of TrainConfig fields (partial is fine)."""
-        return cls.from_dict(read_settings(path))
+        settings = cls.settings_from(read_settings(path), f"config {path}")
+        try:
+            return cls(**settings)
+        except ConfigError as err:
+            raise ConfigError(f"config {path}: {err}") from None
+
+
+_KINDS = _field_kinds()
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few hundred bytes; a megabyte is far beyond any real one
+MAX_CONFIG_DEPTH = 8  # nesting of mappings and lists; TrainConfig's deepest value (milestones) is at depth 2
+MAX_YAML_ALIASES = 16  # YAML anchors let 1.6 KB expand to gigabytes ("billion laughs"); settings need none
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:
-    """The mapping in a JSON or YAML settings file (YAML needs PyYAML); :class:`ConfigError` naming the file."""
+    """The mapping in a JSON or YAML settings file (YAML needs PyYAML); :class:`ConfigError` naming the file.
+
+    Bounded before it is parsed: at most :data:`MAX_CONFIG_BYTES`, UTF-8, nested at most
+    :data:`MAX_CONFIG_DEPTH` deep, and (YAML) at most :data:`MAX_YAML_ALIASES` aliases; YAML is read with
+    ``safe_load``, so a ``!!python`` tag cannot run code.
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is {size:,} bytes; a settings file is at most {MAX_CONFIG_BYTES:,} "
+                              "(is it the right file?)")
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(f"config {path} is YAML but PyYAML is not installed; pip install pyyaml or use JSON") from None
-        try:
-            data = yaml.safe_load(text)  # safe_load: plain data only, a config file cannot run code
-        except yaml.YAMLError as err:
-            raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"cannot read config {path}: line {err.lineno}: {err.msg}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
+    data = _read_yaml(path, text) if path.suffix.lower() in (".yaml", ".yml") else _read_json(path, text)
+    if _depth(data) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"config {path} is nested more than {MAX_CONFIG_DEPTH} levels deep; settings are flat")
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must hold a mapping of settings, got a {type(data).__name__}")
     return data
+
+
+def _read_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"cannot read config {path}: line {err.lineno}: {err.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"config {path} is nested too deeply; settings are flat") from None
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"config {path} is YAML but PyYAML is not installed; pip install pyyaml or use JSON") from None
+    try:
+        depth = aliases = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events only: nothing is built or expanded yet
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_CONFIG_DEPTH:
+                    raise ConfigError(f"config {path} is nested more than {MAX_CONFIG_DEPTH} levels deep; settings "
+                                      "are flat")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(f"config {path} uses more than {MAX_YAML_ALIASES} YAML aliases (*name); write "
+                                      "the settings out")
+        return yaml.safe_load(text)  # safe_load: plain data only, a config file cannot run code
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """How deeply ``value`` nests mappings and lists (stops counting past the limit)."""
+    if level > MAX_CONFIG_DEPTH or not isinstance(value, (dict, list, tuple)):
+        return level
+    items = value.values() if isinstance(value, dict) else value
+    return max((_depth(v, level + 1) for v in items), default=level + 1)

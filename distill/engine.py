@@ -52,7 +52,7 @@ from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_me
 from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
 from .optim import build_optimizer, lr_at, set_lr
-from .batches import Batches, Loaders, dataset_batches, loader_batches
+from .batches import Batches, Loaders, check_classes, dataset_batches, loader_batches
 from .rundir import BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, epoch_summary, read_metrics
 from .teacher_cache import CacheEntry, TeacherOutput, TeacherOutputs, eval_key, stream_key
 
@@ -512,13 +512,21 @@ def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_d
     fmt = memory_format_for(use_cl)
     trainee = Trainee(train_model, loss_fn, optimizer, lambda step: lr_at(cfg, step, len(batches.train)),
                       memory_format=fmt, ema=ema, after_backward=models.after_backward, name=run_dir.path.name)
-    return _Parts(cfg, models, batches, run_dir, device, world, reporter, model, forward_model, train_model, teacher,
-                  optimizer, loss_fn, mixer, ema, trainee, memory_format=fmt, teacher_channels_last=teacher_cl)
+    parts = _Parts(cfg, models, batches, run_dir, device, world, reporter, model, forward_model, train_model, teacher,
+                   optimizer, loss_fn, mixer, ema, trainee, memory_format=fmt, teacher_channels_last=teacher_cl)
+    _check_output_width(parts)
+    return parts
 
 
 def _check_data(cfg: TrainConfig, data: ImageDataset | Loaders) -> None:
-    """Refuse data that cannot train every class (e.g. ``--train-subset`` below the number of classes)."""
+    """Refuse data that cannot train every class (e.g. ``--train-subset`` below the number of classes), and
+    batches that are not what the loop needs (checked on the first batch of each loader)."""
+    if data.num_classes < 2:
+        raise UserError(f"the data ({data.source}) has {data.num_classes} class; a classifier needs at least 2 "
+                        "(one folder per class)")
     if not isinstance(data, ImageDataset):
+        for name, loader in (("train", data.train), ("test", data.test)):
+            _check_batch(name, loader, data.num_classes)
         return
     per_class = torch.bincount(data.train_labels, minlength=data.num_classes)
     empty = int((per_class == 0).sum())
@@ -530,6 +538,55 @@ def _check_data(cfg: TrainConfig, data: ImageDataset | Loaders) -> None:
     first = data.classes[int((per_class == 0).nonzero()[0])]
     raise UserError(f"the training data ({data.source}) has no image of {empty} of its {data.num_classes} classes "
                     f"(first: {first!r}); every class needs training images")
+
+
+def _check_batch(name: str, loader: Iterable, num_classes: int) -> None:
+    """The first batch of ``loader``: an (images, labels) pair of a float N x C x H x W tensor and N integer
+    labels in 0..num_classes-1; :class:`UserError` naming the loader and what it yields otherwise."""
+    try:
+        len(loader)  # type: ignore[arg-type]
+    except TypeError:  # an iterator would be used up by this look, and epochs need to iterate it again
+        raise TypeError(f"train and test must have a length (a DataLoader or a list of batches), got a "
+                        f"{type(loader).__name__}") from None
+    batch = next(iter(loader), None)
+    if batch is None:
+        raise UserError(f"{name} yields no batches")
+    if isinstance(batch, dict):
+        raise UserError(f"{name} yields dicts (keys {', '.join(map(repr, list(batch)[:4]))}); it must yield "
+                        "(images, labels) pairs, e.g. a DataLoader over a torchvision dataset")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise UserError(f"{name} must yield (images, labels) pairs, got a {type(batch).__name__}"
+                        + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""))
+    images, labels = batch
+    if not (isinstance(images, torch.Tensor) and images.dim() == 4 and images.dtype.is_floating_point):
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise UserError(f"{name}'s images must be a float tensor N x C x H x W (normalised, e.g. by "
+                        f"transforms.ToTensor), got {got}")
+    if not (isinstance(labels, torch.Tensor) and labels.dim() == 1 and not labels.dtype.is_floating_point
+            and labels.dtype != torch.bool and labels.shape[0] == images.shape[0]):
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise UserError(f"{name}'s labels must be {images.shape[0]} integer class indices (one per image), got {got}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise UserError(f"{name}'s labels run {low}..{high}, outside 0..{num_classes - 1} for {num_classes} classes; "
+                        "set config.num_classes, or fix the labels")
+
+
+def _check_output_width(parts: _Parts) -> None:
+    """The model must predict exactly the data's classes: one probe forward pass (eval mode, no gradients)."""
+    shape = parts.data.input_shape
+    net = parts.forward_model
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            width = net(torch.zeros(2, *shape, device=parts.device).contiguous(memory_format=parts.memory_format)).shape
+    finally:
+        net.train(was_training)
+    if len(width) != 2 or width[1] != parts.data.num_classes:
+        raise UserError(f"the model outputs {tuple(width[1:])} values per image but the data has "
+                        f"{parts.data.num_classes} classes; build it with {parts.data.num_classes} outputs (e.g. "
+                        f"num_classes={parts.data.num_classes})")
 
 
 def _open_folder(parts: _Parts, resume: dict[str, Any] | None) -> None:
@@ -556,6 +613,8 @@ def _restore(parts: _Parts, resume: dict[str, Any]) -> _State:
     file (:func:`students.checkpoint.load_state_into`), never half loaded.
     """
     path = parts.run_dir / LAST_CKPT
+    if "classes" in parts.data.meta:  # the data on disk may have changed since the run started
+        check_classes(resume, parts.data.meta["classes"], str(path))
     load_state_into(parts.model, resume, path)
     if resume.get("loss_state_dict") is not None:  # a feature method's regressors (FitNets)
         load_state_into(parts.loss_fn, resume, path, key="loss_state_dict")
@@ -821,6 +880,7 @@ def train_many(
     reporter: Reporter | None = None,
     stop_after: int | None = None,
     resume_hint: str | None = None,
+    on_checked: Callable[[], None] | None = None,
 ) -> list[Summary]:
     """Train several students on one batch stream and one source of teacher outputs; their summaries, in order.
 
@@ -831,7 +891,8 @@ def train_many(
     each run's metrics and weights equal those of its own :func:`train`. Runs that stopped at different epochs
     are caught up one epoch at a time (those behind train alone until the others' epoch). ``stop_after`` ends
     this invocation after that many epochs; ``resume_hint`` is how to continue, said when it does (default
-    ``--resume RUN_DIR`` for one run).
+    ``--resume RUN_DIR`` for one run). ``on_checked`` is called once everything has been checked, before the
+    first folder is written (e.g. to write a sweep's own file only when its runs can start).
     """
     if not (len(cfgs) == len(models) == len(run_dirs)) or not cfgs:
         raise ValueError(f"need as many configs, models and run_dirs (at least one), got {len(cfgs)}, "
@@ -853,6 +914,8 @@ def train_many(
         members.append(_Member(folder.path.name, _build(cfg, m, data, folder, mine), resume))
     world = members[0].parts.world
     reporter = (reporter or _Silent()) if world.is_main else _Null()
+    if on_checked is not None:
+        on_checked()
     hint = resume_hint or (f"--resume {folders[0].path}" if len(folders) == 1 else "--resume")
     with contextlib.ExitStack() as stack:
         for member in members:

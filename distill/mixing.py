@@ -81,7 +81,7 @@ class BatchMixer:
     """
 
     def __init__(self, config: MixConfig, num_classes: int) -> None:
-        if num_classes < 2:
+        if config.enabled and num_classes < 2:
             raise UserError(f"mixing needs at least 2 classes, got {num_classes}")
         self.config = config
         self.num_classes = int(num_classes)

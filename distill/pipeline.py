@@ -16,7 +16,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ from . import dist
 from .config import FEATURE_KD_NAMES, TrainConfig
 from .data import ImageDataset, default_cache_dir, load_dataset
 from .device import channels_last_safe, device_name, resolve_device
-from .batches import EVAL_BATCH
+from .batches import EVAL_BATCH, check_classes
 from .engine import Models, Reporter, evaluate, train
 from .plan import (TIMING_BATCH, TIMING_STEPS, Phase, RunPlan, TeacherPlan, TimingProgress, duration, eval_passes,
                    seconds_per_image)
 from .recipes import TEACHER_RECIPES, teacher_config, teacher_recipe_record
-from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, RunDir, Summary, find_checkpoint, is_complete, read_summary
+from .rundir import (BEST_CKPT, CONFIG_FILE, LAST_CKPT, FolderBusy, RunDir, RunError, Summary, find_checkpoint,
+                     is_complete, read_summary)
 from .teacher_cache import plan_cache
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "estimate_train_seconds",
     "plan_run",
     "check_run",
+    "check_classes",
     "test_selection",
 ]
 
@@ -107,16 +110,26 @@ def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict
         arch = teachers.teacher_arch(name, data.num_classes, mode, data.image_size)
         return model, arch, teachers.arch_adapter(arch)
     if cfg.init_ckpt:
-        return _load_init(cfg.init_ckpt, data)
+        return _load_init(cfg, data)
     model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
     return model, students.student_arch(model), None
 
 
-def _load_init(path: str, data: ImageDataset) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
+def _load_init(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict[str, Any], nn.Module | None]:
     """A run's starting model from ``init_ckpt``: a (pruned) student, or a (pruned) timm model with the input
-    adapter its mode needs, and the architecture its checkpoints record."""
+    adapter its mode needs, and the architecture its checkpoints record. It must be the run's ``student``:
+    a run recorded as one student must never train another."""
+    path = cfg.init_ckpt
     model, ckpt = teachers.load_model(path)  # safe and strict: weights_only, content hash, recorded widths
     arch = ckpt["arch"]
+    recorded = arch.get("spec") or arch.get("name")
+    wanted = cfg.student
+    if arch.get("family") == "student" and _is_student_name(wanted):
+        wanted = students.format_spec(students.resolve(wanted))
+    if recorded != wanted:
+        raise UserError(f"init_ckpt {path} holds a {recorded}, but the run's student is {cfg.student}; set the "
+                        f"student to {recorded}, or drop init_ckpt to train {cfg.student} from scratch")
+    check_classes(ckpt, data.classes, f"init_ckpt {path}")
     num_classes = int(arch.get("num_classes", -1))
     if num_classes != data.num_classes:
         raise UserError(f"{path} has {num_classes} classes but the data has {data.num_classes}")
@@ -240,6 +253,7 @@ def load_teacher_checkpoint(cfg: TrainConfig, data: ImageDataset, path: str | Pa
             f"teacher checkpoint {ckpt_path} has {arch.get('num_classes')} classes but the data has "
             f"{data.num_classes}; train a teacher on this data with `distill teacher`"
         )
+    check_classes(ckpt, data.classes, f"teacher checkpoint {ckpt_path}")
     # BatchNorm folding (torch.fx) loses the modules feature methods hook; their teacher stays unfolded.
     return _frozen(model, arch, ckpt, data, fold_bn=cfg.kd_loss not in FEATURE_KD_NAMES)
 
@@ -257,8 +271,38 @@ def resolve_teacher(
     if cfg.teacher_ckpt:
         return load_teacher_checkpoint(cfg, data, cfg.teacher_ckpt), f"checkpoint {cfg.teacher_ckpt}"
     store = teacher_store_dir(cfg, data, store_root)
-    if (store / BEST_CKPT).exists() and is_complete(store):
-        return load_teacher_checkpoint(cfg, data, store), f"stored teacher {store}"
+    while True:  # another run training this very teacher: wait for it, then use what it stored
+        _wait_for_store(store, reporter)
+        if (store / BEST_CKPT).exists() and is_complete(store):
+            return load_teacher_checkpoint(cfg, data, store), f"stored teacher {store}"
+        try:
+            return _train_teacher(cfg, data, store, reporter, make_reporter=make_reporter, estimate_s=estimate_s,
+                                  may_train=may_train)
+        except FolderBusy:
+            continue  # it started between our look and our lock
+        except RunError:  # it wrote its first checkpoint between our look and ours
+            if RunDir(store).holder() is None and not is_complete(store):
+                raise
+
+
+TEACHER_WAIT_S = 5.0  # seconds between looks at a teacher another process is training
+
+
+def _wait_for_store(store: Path, reporter: Reporter) -> None:
+    """Return once no other process is writing the teacher store folder ``store`` (at once when none is)."""
+    said = False
+    while (holder := RunDir(store).holder()) is not None:
+        if not said:
+            reporter.message(f"another process (pid {holder}) is training this teacher into {store}; waiting for it "
+                             "to finish, then using it")
+            said = True
+        time.sleep(TEACHER_WAIT_S)
+
+
+def _train_teacher(cfg: TrainConfig, data: ImageDataset, store: Path, reporter: Reporter, *,
+                   make_reporter: Callable[[str], Reporter] | None, estimate_s: float | None,
+                   may_train: bool) -> tuple[nn.Module, str]:
+    """Train the run's teacher into the store (or go on with one a killed run left there), then load it."""
     if not may_train:
         raise UserError(f"no stored {cfg.teacher} teacher for this data and recipe (looked in {store}); pass "
                         "--teacher-ckpt with a trained teacher")
@@ -436,6 +480,7 @@ def run_training(
     stop_after: int | None = None,
     make_reporter: Callable[[str], Reporter] | None = None,
     epochs_override: int | None = None,
+    extend: bool = False,
     after_backward: Callable[[nn.Module], None] | None = None,
     data: ImageDataset | None = None,
     plan: RunPlan | None = None,
@@ -449,7 +494,7 @@ def run_training(
     folder = RunDir(run_dir)
     checkpoint = None
     if resume:
-        cfg, checkpoint = _resume_config(folder, epochs_override)
+        cfg, checkpoint = _resume_config(folder, epochs_override, extend)
     check_names(cfg)
     dist.setup(resolve_device(cfg.device).type)
     if not resume:
@@ -485,11 +530,24 @@ def run_training(
     return train(cfg, models, data, folder, resume=checkpoint, reporter=reporter, stop_after=stop_after)
 
 
-def _resume_config(folder: RunDir, epochs_override: int | None) -> tuple[TrainConfig, dict[str, Any]]:
-    """The saved settings and ``last.pt`` of a run to resume; ``--epochs`` may extend it (saved back)."""
+def _resume_config(folder: RunDir, epochs_override: int | None, extend: bool = False
+                   ) -> tuple[TrainConfig, dict[str, Any]]:
+    """The saved settings and ``last.pt`` of a run to resume; ``--epochs`` may change its length (saved back).
+
+    A finished run is reopened for more epochs only with ``extend``: its schedule is recomputed for the new
+    length (the lr rises again under one-cycle or cosine) and its recorded result is replaced."""
     cfg, checkpoint = folder.load_resume()
+    done = int(checkpoint["meta"].get("epoch", 0)) if checkpoint is not None else 0
     if epochs_override is not None and epochs_override != cfg.epochs:
-        cfg = cfg.replace(epochs=epochs_override)
+        if epochs_override < done:
+            raise UserError(f"--epochs {epochs_override} is below the {done} epochs {folder.path} has done; a run "
+                            "cannot be shortened")
+        if done >= cfg.epochs and not extend:
+            raise UserError(f"{folder.path} finished its {cfg.epochs} epochs; --epochs {epochs_override} would reopen "
+                            f"it on a schedule recomputed for {epochs_override} epochs (the lr rises again) and "
+                            "replace its result. Add --extend to do that, or start a new run (e.g. --config "
+                            f"{folder / CONFIG_FILE} --epochs {epochs_override} --out NEW)")
+        cfg = cfg.replace(epochs=TrainConfig(epochs=epochs_override).epochs)  # checked like any setting
         cfg.save(folder / CONFIG_FILE)
     return cfg, checkpoint
 

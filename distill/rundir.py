@@ -45,7 +45,7 @@ except ImportError:  # Windows: no flock; runs are not guarded against a second 
 
 __all__ = [
     "CONFIG_FILE", "METRICS_FILE", "METRICS_CSV", "SUMMARY_FILE", "LAST_CKPT", "BEST_CKPT", "PRUNE_RECORD",
-    "RunError", "Summary", "RunDir", "read_metrics", "read_summary", "atomic_write_json", "is_complete",
+    "RunError", "FolderBusy", "Summary", "RunDir", "read_metrics", "read_summary", "atomic_write_json", "is_complete",
     "find_checkpoint", "LOCK_FILE",
 ]
 
@@ -61,6 +61,10 @@ _PROGRESS_FILES = (METRICS_FILE, METRICS_CSV, SUMMARY_FILE, BEST_CKPT)
 
 class RunError(UserError):
     """A run directory that cannot be created, resumed or read."""
+
+
+class FolderBusy(RunError):
+    """Another process holds the run folder's lock (it is training into it right now)."""
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
@@ -331,28 +335,41 @@ class RunDir:
             self._release()
 
     def _check_unlocked(self) -> None:
-        """:class:`RunError` when another process holds the lock. A shared, momentary look that creates and
+        """:class:`FolderBusy` when another process holds the lock. A shared, momentary look that creates and
         removes nothing, so every rank of a data-parallel resume may look at once."""
+        holder = self.holder()
+        if holder is not None:
+            raise self._busy(holder)
+
+    def holder(self) -> str | None:
+        """The pid (as recorded) of another process writing this folder now, or None when nobody is."""
         if fcntl is None or self._lock_depth:
-            return
+            return None
         try:
             fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError:
-            return  # no lock file: nobody holds it
+            return None  # no lock file: nobody holds it
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
         except BlockingIOError:
-            raise self._held_by(fd) from None
+            return self._pid_in(fd)
         finally:
             os.close(fd)
 
-    def _held_by(self, fd: int) -> RunError:
+    @staticmethod
+    def _pid_in(fd: int) -> str:
         try:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         except OSError:
-            holder = "unknown"
-        return RunError(f"{self.path} is being written by another process (pid {holder}); wait for it to end or "
-                        f"stop it, then continue with --resume {self.path}")
+            return "unknown"
+
+    def _busy(self, holder: str) -> "FolderBusy":
+        return FolderBusy(f"{self.path} is being written by another process (pid {holder}); wait for it to end or "
+                          f"stop it, then continue with --resume {self.path}")
+
+    def _held_by(self, fd: int) -> "FolderBusy":
+        return self._busy(self._pid_in(fd))
 
     def _acquire(self) -> None:
         if self._lock_depth:

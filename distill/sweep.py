@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ def train_many(
     reporter: Reporter | None = None,
     stop_after: int | None = None,
     resume_hint: str = "distill sweep --resume",
+    on_checked: Callable[[], None] | None = None,
 ) -> list[Summary]:
     """:func:`distill.engine.train_many` (the one training loop), with a sweep's errors: settings that differ
     between students are a :class:`SweepError`."""
@@ -75,7 +76,19 @@ def train_many(
     except ValueError as err:
         raise SweepError(str(err).replace("runs trained together", "the students of a sweep")) from None
     return engine.train_many(cfgs, models, data, run_dirs, resumes=resumes, reporter=reporter, stop_after=stop_after,
-                             resume_hint=resume_hint)
+                             resume_hint=resume_hint, on_checked=on_checked)
+
+
+def _check_adoptable(folder: RunDir, cfg: TrainConfig, resume: bool) -> None:
+    """A student's folder that already holds a run is continued (or kept, when finished) only when that run
+    has the sweep's settings: anything else would put another run's result in this sweep's table."""
+    recorded = folder.config().to_dict()
+    wanted = cfg.to_dict()
+    diff = sorted(k for k in wanted if recorded.get(k) != wanted[k])
+    if diff:
+        what = "is not this sweep's" if resume else "was trained with other settings"
+        raise SweepError(f"{folder.path} holds a {recorded.get('student')} run that {what} (it differs in "
+                         f"{', '.join(diff[:6])}); move it away or choose another --out")
 
 
 # ------------------------------------------------------------------------------------------ sweep folders
@@ -170,8 +183,8 @@ def sweep(
     cfgs = [api._settings(config, m, teacher, data) for m in modules]
     models = [Models(model=m, arch=api.module_arch(m, num_classes), teacher=frozen,
                      extra_summary={"classes": list(data.classes)} if data.classes else {}) for m in modules]
-    _write_sweep(root, cfg, names)
-    return train_many(cfgs, models, data, folders, reporter=reporter)
+    return train_many(cfgs, models, data, folders, reporter=reporter,
+                      on_checked=lambda: _write_sweep(root, cfg, names))
 
 
 # ------------------------------------------------------------------------------------------ the CLI's level
@@ -202,6 +215,10 @@ def run_sweep(
         if not students:
             raise SweepError("no students given; pass --students SPEC,SPEC,...")
         _check_new(root, "--out")
+    if cfg.init_ckpt:  # every student would be that one checkpoint's net, recorded under another name
+        raise SweepError(f"a sweep trains its students from scratch, but its settings start from init_ckpt "
+                         f"{cfg.init_ckpt}; drop init_ckpt (a pruned student is fine-tuned by prune, or by distill run "
+                         "--config with its own config.json)")
     folders = student_dirs(root, students)
     for name in students:
         pipeline.check_names(cfg.replace(student=name))
@@ -218,6 +235,8 @@ def run_sweep(
     todo: list[tuple[TrainConfig, Models, RunDir, dict[str, Any] | None]] = []
     for name, path in zip(students, folders):
         folder, student_cfg, checkpoint = RunDir(path), cfg.replace(student=name), None
+        if (folder / CONFIG_FILE).exists():
+            _check_adoptable(folder, student_cfg, resume)
         if is_complete(folder.path):
             reporter.message(f"{name}: finished before, skipped ({folder.path})")
             continue
@@ -232,10 +251,14 @@ def run_sweep(
         if checkpoint is not None:
             models.teacher_top1 = checkpoint["meta"].get("teacher_top1")
         todo.append((student_cfg, models, folder, checkpoint))
-    if not resume and dist.is_main():
-        _write_sweep(root, cfg, students)
+    def write_sweep() -> None:  # once every setting has been checked: a refused sweep leaves nothing
+        if not resume and dist.is_main():
+            _write_sweep(root, cfg, students)
+
     if todo:
         train_many([t[0] for t in todo], [t[1] for t in todo], data, [t[2] for t in todo],
                    resumes=[t[3] for t in todo], reporter=reporter, stop_after=stop_after,
-                   resume_hint=f"distill sweep --resume {root}")
+                   resume_hint=f"distill sweep --resume {root}", on_checked=write_sweep)
+    else:
+        write_sweep()
     return [read_summary(path) for path in folders]

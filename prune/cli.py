@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distill.cli_common import NON_CONFIG, RichReporter, add_train_args, decode_progress, summary_table
+from distill.config import MAX_EPOCHS
 from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
 from students.common.errors import UserError
 from students.common.sizes import format_count, parse_count
@@ -42,7 +44,7 @@ def _import_runtime() -> None:
     from distill.data import DeviceLoader
     from distill.device import resolve_device
     from distill.engine import evaluate
-    from distill.pipeline import load_data, run_training
+    from distill.pipeline import check_classes, load_data, resolve_teacher, run_training
     from distill.rundir import CONFIG_FILE, LAST_CKPT, PRUNE_RECORD, RunDir, atomic_write_json, find_checkpoint
 
     from .core import PruneError, PruneResult, PruneSettings, prune_to_target, recalibrate_bn, sparsity_regularizer
@@ -53,6 +55,13 @@ def _import_runtime() -> None:
 PRUNED_CKPT = "pruned.pt"
 BN_CALIBRATION_BATCHES = 50
 DEFAULT_ROUND_TO = 8  # benchmarks/prune_speed.py: odd widths train ~1.9x slower per image on CPU, crash oneDNN
+
+
+class _Console:
+    """The reporter of a check that prints only when it has something to say."""
+
+    def message(self, text: str) -> None:
+        console.print(text)
 
 
 def _rank() -> int:
@@ -284,8 +293,10 @@ def _check_args(args: argparse.Namespace) -> tuple[str, float, float | None]:
                       max_layer_ratio=args.max_layer_ratio)
     except PruneError as err:
         raise UserError(err.render(_flag_names(args, kind))) from None
-    if args.sparse_epochs < 0:
-        raise UserError(f"--sparse-epochs must not be negative, got {args.sparse_epochs}")
+    if not 0 <= args.sparse_epochs <= MAX_EPOCHS:
+        raise UserError(f"--sparse-epochs {args.sparse_epochs} is out of range; use 0..{MAX_EPOCHS}")
+    if not (math.isfinite(args.sparse_reg) and 0.0 <= args.sparse_reg <= 1.0):
+        raise UserError(f"--sparse-reg {args.sparse_reg} is not a regularisation strength; use 0..1 (5e-4 is usual)")
     return kind, target, percent
 
 
@@ -311,6 +322,9 @@ def _prune(args: argparse.Namespace) -> int:
                             "choose a smaller target")
 
     data = load_data(cfg, decode_progress())
+    check_classes(ckpt, data.classes, f"SOURCE {ckpt_path}")
+    if not prune_only and cfg.uses_teacher:  # the fine-tuning's teacher, checked before anything is written
+        resolve_teacher(cfg, data, _Console(), may_train=False)
     device = resolve_device(cfg.device)
     test_loader = DeviceLoader(data.test_images, data.test_labels, batch_size=500, mean=data.mean, std=data.std,
                                train=False, device=device)
@@ -381,18 +395,37 @@ def _report(args, kind: str, target: float, result: PruneResult, cost_before, co
     if kind != "ratio":
         console.print(f"target {kind}: {_as_given(args, kind)} ({target:,.0f})  achieved: {result.after:,} "
                       f"({100.0 * (target - result.after) / target:.2f}% under the target)")
+        measured = _measured(kind, cost_after)
+        if _missed(target, measured):
+            console.print(f"[yellow]warning: target missed: fvcore counts {measured:,} {kind} after pruning, "
+                          f"{100.0 * (target - measured) / target:+.2f}% against the target (the search's own count "
+                          f"was {result.after:,}); prune.json records the miss[/]")
     console.print(f"pruning took {result.seconds:.1f} s and removed {100 * result.ratio:.1f}% of the prunable "
                   "channels")
     console.print(f"top-1: before {top1['before']:.2f}%  right after pruning {top1['after_prune']:.2f}%  "
                   f"after BN recalibration {top1['after_bn_recalibration']:.2f}%")
 
 
+TARGET_TOLERANCE = 0.02  # a budget is met when the re-measured count is at most the target and within 2% of it
+
+
+def _measured(kind: str, cost: Any) -> int:
+    """The pruned model's own count of ``kind`` (fvcore), independent of the search's analytic one."""
+    return int(cost.macs if kind == "macs" else cost.num_params)
+
+
+def _missed(target: float, measured: int) -> bool:
+    return measured > target or (target - measured) / target > TARGET_TOLERANCE
+
+
 def _record(args, ckpt_path: Path, kind: str, target: float, result: PruneResult, cost_before, cost_after,
             top1: dict, prune_only: bool) -> dict[str, Any]:
     """What prune.json keeps (the fine-tuning run's summary.json embeds it as ``pruned``)."""
+    measured = None if kind == "ratio" else _measured(kind, cost_after)
     return {
         "source": str(ckpt_path),
-        "target": {"kind": kind, "value": target, "as_given": _as_given(args, kind)},
+        "target": {"kind": kind, "value": target, "as_given": _as_given(args, kind), "measured": measured,
+                   "missed": None if measured is None else _missed(target, measured)},
         "importance": args.importance,
         "global": args.global_pruning,
         "iterative_steps": args.iterative_steps,

@@ -66,6 +66,10 @@ class PruneError(UserError):
                                        for k, v in self.values.items()})
 
 
+MAX_ITERATIVE_STEPS = 100  # torch-pruning's examples use up to a few dozen
+MAX_ROUND_TO = 512  # wider than any layer of the nets this prunes is rounding nothing but refusing everything
+
+
 @dataclass(frozen=True)
 class PruneSettings:
     """How to prune: importance criterion, ranking scope, steps, rounding and the per-layer ceiling."""
@@ -79,13 +83,29 @@ class PruneSettings:
     max_layer_ratio: float = 0.9  # no layer loses more than this fraction of its channels
 
     def __post_init__(self) -> None:
-        if self.importance not in IMPORTANCES:
+        for name, kind in (("iterative_steps", "a whole number"), ("round_to", "a whole number"),
+                           ("max_layer_ratio", "a number"), ("global_pruning", "true or false")):
+            value = getattr(self, name)
+            if name == "global_pruning":
+                ok = isinstance(value, bool)
+            else:
+                ok = (value is None and name == "round_to") or not isinstance(value, bool) and isinstance(
+                    value, int if kind == "a whole number" else (int, float))
+            if not ok:
+                raise PruneError("{" + name + "} must be " + kind, **{name: value})
+        if not math.isfinite(self.max_layer_ratio):
+            raise PruneError("{max_layer_ratio} must be between 0 and 1", max_layer_ratio=self.max_layer_ratio)
+        if not isinstance(self.importance, str) or self.importance not in IMPORTANCES:
             raise PruneError("{importance} is not one of " + ", ".join(IMPORTANCES)
                              + students.suggest(self.importance, list(IMPORTANCES)), importance=self.importance)
         if self.iterative_steps < 1:
             raise PruneError("{iterative_steps} must be at least 1", iterative_steps=self.iterative_steps)
-        if self.round_to is not None and self.round_to < 1:
-            raise PruneError("{round_to} must be a positive channel count", round_to=self.round_to)
+        if self.iterative_steps > MAX_ITERATIVE_STEPS:  # each step re-scores every channel: 100000 runs for hours
+            raise PruneError("{iterative_steps} is more steps than any schedule needs; use 1.." + str(MAX_ITERATIVE_STEPS),
+                             iterative_steps=self.iterative_steps)
+        if self.round_to is not None and not 1 <= self.round_to <= MAX_ROUND_TO:
+            raise PruneError("{round_to} must be a channel count in 1.." + str(MAX_ROUND_TO) + " (8 or 16 suit most "
+                             "hardware)", round_to=self.round_to)
         if not 0.0 < self.max_layer_ratio < 1.0:
             raise PruneError("{max_layer_ratio} must be between 0 and 1", max_layer_ratio=self.max_layer_ratio)
 
@@ -359,6 +379,11 @@ def prune_to_target(
     t0 = time.perf_counter()
     if kind not in TARGET_KINDS:
         raise PruneError("{kind} is not one of " + ", ".join(TARGET_KINDS), kind=kind)
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise PruneError("{target} must be a number (e.g. 4.9e6 parameters; strings such as 4.9M are for the "
+                         "command line, students.parse_count reads them)", target=target)
+    if not math.isfinite(target) or target <= 0:
+        raise PruneError("{target} must be a positive, finite number", target=target)
     job = _start(model, settings, input_size, example_inputs, ignored_layers, grad_fn, progress)
     s = job.settings
     params_before = students.count_params(model)

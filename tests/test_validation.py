@@ -63,7 +63,7 @@ def test_every_float_setting_is_checked_for_finiteness() -> None:
     assert {"lr", "momentum", "weight_decay", "temperature", "ema_decay"} <= set(float_fields)
     for name in float_fields:
         with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite number"):
-            TrainConfig(**{name: NAN})
+            TrainConfig(**{name: (NAN,) if name == "milestones" else NAN})  # milestones: a list of numbers
 
 
 def test_sane_edge_values_still_pass() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .dataset import ImageDataset
+from .errors import DataError
 
 __all__ = ["CACHE_ENV_VAR", "cache_path", "default_cache_dir", "load_cached", "read_cache", "write_cache"]
 
@@ -49,16 +50,25 @@ def _fingerprint(root: Path) -> dict[str, object]:
         stat = resolved.stat()
         return {"path": str(resolved), "size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "num_files": 1}
     size_bytes, num_files = 0, 0
-    newest_mtime_ns = resolved.stat().st_mtime_ns
+    top = resolved.stat()
+    newest_mtime_ns = top.st_mtime_ns
     pending = [str(resolved)]
+    seen = {(top.st_dev, top.st_ino)}  # folders already walked: a symlink loop would otherwise never end
     # scandir reuses the directory read for type checks, so 60,000 files take a fraction of a second.
     while pending:
         with os.scandir(pending.pop()) as entries:
             for entry in entries:
-                stat = entry.stat(follow_symlinks=True)
+                try:
+                    stat = entry.stat(follow_symlinks=True)
+                except OSError as err:  # a dangling link, or one that loops on itself
+                    raise DataError(f"cannot read {entry.path} in {root} ({err.strerror}); remove the broken link") from None
                 # Directory mtimes change when files are added, removed or renamed.
                 newest_mtime_ns = max(newest_mtime_ns, stat.st_mtime_ns)
                 if entry.is_dir(follow_symlinks=True):
+                    if (stat.st_dev, stat.st_ino) in seen:
+                        raise DataError(f"{entry.path} leads back to a folder already read (a symlink loop) in {root}; "
+                                        "remove the link")
+                    seen.add((stat.st_dev, stat.st_ino))
                     pending.append(entry.path)
                 else:
                     size_bytes += stat.st_size

@@ -104,6 +104,7 @@ def build_imagefolder_dataset(
         for label, cls in enumerate(classes):
             named.extend(tree[split][cls])
             labels[split].extend([label] * len(tree[split][cls]))
+    check_memory(len(named), image_size, where)
     images = decode_images(named, image_size=image_size, progress=progress, container=container)
     num_train = len(labels["train"])
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2)  # N x H x W x C -> N x C x H x W
@@ -148,6 +149,40 @@ def _check_tree(tree: ImageTree, where: str) -> tuple[list[str], str]:
     return classes, eval_split
 
 
+# Peak copies of the decoded pixels while a dataset is built and cached: the decoded array, the per-split
+# tensors, and the cache file's serialised bytes.
+DECODE_COPIES = 3
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can give without swapping (Linux ``MemAvailable``), else None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(count: int, image_size: int, where: str) -> None:
+    """Refuse, before decoding starts, a dataset whose decoded pixels will not fit in memory, with the figures
+    and the way forward; a dataset that fits (or a system that does not say) passes."""
+    needed = DECODE_COPIES * count * image_size * image_size * 3
+    available = available_memory_bytes()
+    if available is None or needed <= available:
+        return
+    fits = int((available / (DECODE_COPIES * count * 3)) ** 0.5)
+    raise DataError(f"{where}: decoding its {count:,} images at {image_size}x{image_size} px needs about "
+                    f"{_size(needed)} of memory, but {_size(available)} are available; lower --image-size (at most "
+                    f"about {fits} px fits), or use a folder with fewer images")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
 def _decode_one(ref: ImageRef, image_size: int) -> tuple[np.ndarray, tuple[int, int] | None]:
     """One image as ``image_size x image_size x 3`` uint8 RGB, and its original (width, height) if resized."""
     from PIL import Image  # imported here so worker processes pay for it only when decoding
@@ -155,12 +190,35 @@ def _decode_one(ref: ImageRef, image_size: int) -> tuple[np.ndarray, tuple[int, 
     with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as image:
         if image.mode in ("P", "PA"):
             image = image.convert("RGBA")  # palette transparency would otherwise warn on the RGB conversion
+        if image.mode.startswith("I") or image.mode == "F":
+            image = Image.fromarray(_to_8bit(np.asarray(image), image.mode))
         rgb = image.convert("RGB")  # grey, CMYK, RGBA (alpha dropped), ... -> RGB
         original = None if rgb.size == (image_size, image_size) else rgb.size
         if original is not None:
             # Pillow's bilinear filter widens its support when shrinking, so this is antialiased.
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8), original
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float grey image as uint8, scaled by its type's range.
+
+    Pillow's own conversion to RGB clips these at 255, which turns a 16-bit image nearly white. 16-bit
+    images are scaled by 255/65535; 32-bit integers that fit 0..255 or 0..65535 likewise; float images in
+    0..1 by 255, in 0..255 as they are. Anything else has no known range and is refused (the caller names the file).
+    """
+    values = values.astype(np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and 255 < high <= 65535):
+        scaled = values * (255.0 / 65535.0)
+    elif mode == "F" and low >= 0 and high <= 1.0:
+        scaled = values * 255.0
+    elif low >= 0 and high <= 255:
+        scaled = values
+    else:
+        raise ValueError(f"a {mode} image with values {low:g}..{high:g} has no known range; save it as 8 or 16 bits "
+                         "per channel")
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def _decode_chunk(refs: Sequence[ImageRef], image_size: int) -> ChunkResult:
