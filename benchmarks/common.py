@@ -3,6 +3,7 @@ reading a run's summary (through distill.rundir, the run folder's one owner) and
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -19,7 +20,8 @@ if str(REPO) not in sys.path:  # runnable from a plain checkout, without `pip in
 
 from distill.rundir import LAST_CKPT, SUMMARY_FILE, is_complete, read_summary  # noqa: E402
 
-__all__ = ["REPO", "DEFAULT_DATA", "run_command", "run_summary", "finished_summary", "run_stage", "replace_block", "publish"]
+__all__ = ["REPO", "DEFAULT_DATA", "run_command", "run_summary", "finished_summary", "run_stage", "replace_block", "publish",
+           "study_parser"]
 
 
 def run_command(cmd: list[str], log: Path) -> float:
@@ -79,3 +81,15 @@ def publish(results: Path, json_name: str, payload: dict, block_name: str, block
     results.mkdir(parents=True, exist_ok=True)
     (results / json_name).write_text(json.dumps(payload, indent=2) + "\n")
     replace_block(results / "RESULTS.md", block_name, block)
+
+
+def study_parser(doc: str, scales: list[str], jobs: int, jobs_help: str) -> argparse.ArgumentParser:
+    """The flags every multi-run study shares: scale, data, work and results folders, seeds, runs at a time."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--scale", choices=sorted(scales), default="cpu")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--results", type=Path, default=REPO / "docs")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--jobs", type=int, default=jobs, help=jobs_help)
+    return parser

@@ -19,7 +19,6 @@ each with ``OMP_NUM_THREADS = 2 / jobs`` (two trainings sharing 2 cores with mor
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -32,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import DEFAULT_DATA, REPO, finished_summary, publish  # noqa: E402  (benchmarks/common.py)
+from common import REPO, finished_summary, publish, study_parser  # noqa: E402  (benchmarks/common.py)
 
 
 @dataclass(frozen=True)
@@ -285,13 +284,7 @@ def table(jobs: list[Job], scale: Scale) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--results", type=Path, default=REPO / "docs")
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
+    parser = study_parser(__doc__, list(SCALES), 2, "runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per run (default: cores / --jobs); 1 when other jobs share the machine")

@@ -22,7 +22,6 @@ rebuilds them from that JSON.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -35,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import DEFAULT_DATA, REPO, finished_summary, publish  # noqa: E402  (benchmarks/common.py)
+from common import REPO, finished_summary, publish, study_parser  # noqa: E402  (benchmarks/common.py)
 
 sys.path.insert(0, str(REPO))
 from distill.rundir import read_metrics  # noqa: E402
@@ -227,13 +226,7 @@ def cells_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--work", type=Path, default=None)
-    parser.add_argument("--results", type=Path, default=REPO / "docs")
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--jobs", type=int, default=1, help="cell runs at a time (each gets cores / jobs threads)")
+    parser = study_parser(__doc__, list(SCALES), 1, "cell runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--study", choices=("all", "epochs", "cells"), default="all")
     parser.add_argument("--table-only", action="store_true", help="train nothing: the tables from the recorded JSON")
     args = parser.parse_args(argv)

@@ -45,7 +45,7 @@ from students.common.errors import UserError
 from students.common.files import WriteError
 
 from . import dist
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import ImageDataset
 from .device import autocast, channels_last_safe, device_name, git_commit, memory_format_for, resolve_device
 from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_method
@@ -71,7 +71,6 @@ __all__ = [
     "student_step",
     "train",
     "train_many",
-    "check_same_settings",
     "git_commit",
     "read_metrics",
 ]
@@ -132,6 +131,25 @@ class _Labelled(_Silent):
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         _call(self.reporter, "message", f"{self.name}: " + "  ".join(epoch_summary(record)))
+
+
+class _Complete(_Silent):
+    """A caller's reporter with every Reporter method: those it lacks do nothing (messages are logged)."""
+
+    def __init__(self, reporter: Any) -> None:
+        self.reporter = reporter
+
+    def message(self, text: str) -> None:
+        _call(self.reporter, "message", text)
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        _call(self.reporter, "start_epoch", epoch, epochs, steps)
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        _call(self.reporter, "step", step, metrics)
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        _call(self.reporter, "end_epoch", record)
 
 
 def _call(reporter: Any, method: str, *args: Any) -> None:
@@ -227,7 +245,7 @@ def train_one_epoch(
     if isinstance(teacher, nn.Module):  # a bare teacher module: live on every step
         levels = [j for t in trainees if isinstance(t.loss_fn, FeatureKD) for j in t.loss_fn.teacher_indices]
         teacher = TeacherOutputs(teacher, device=device, amp=amp, levels=levels)
-    reporter = reporter or _Silent()
+    reporter = _Complete(reporter) if reporter is not None else _Silent()
     for trainee in trainees:
         trainee.model.train()
     sums: list[dict[str, torch.Tensor]] = [{} for _ in trainees]
@@ -859,15 +877,15 @@ def train(
     return train_many([cfg], [models], data, [run_dir], resumes=[resume], reporter=reporter, stop_after=stop_after)[0]
 
 
-def check_same_settings(cfgs: Sequence[TrainConfig]) -> None:
+def _check_same_settings(cfgs: Sequence[TrainConfig]) -> None:
     """Every setting but the student's name must agree: they decide the shared batches and teacher outputs."""
     base = cfgs[0].replace(student="-", max_params=None)
     for cfg in cfgs[1:]:
         other = cfg.replace(student="-", max_params=None)
         if other != base:
             diff = sorted(k for k, v in other.to_dict().items() if base.to_dict()[k] != v)
-            raise ValueError(f"runs trained together must share every setting but the student; {cfg.student} "
-                             f"differs in {', '.join(diff)}")
+            raise ConfigError(f"runs trained together (a sweep's students) must share every setting but the "
+                              f"student; {cfg.student} differs in {', '.join(diff)}")
 
 
 def train_many(
@@ -902,8 +920,9 @@ def train_many(
         raise ValueError(f"resumes has {len(resumes)} entries for {len(cfgs)} runs")
     if len({id(m.teacher) for m in models}) != 1:
         raise ValueError("runs trained together must have the same teacher module (models[i].teacher)")
-    check_same_settings(cfgs)
+    _check_same_settings(cfgs)
     folders = [d if isinstance(d, RunDir) else RunDir(d) for d in run_dirs]
+    reporter = _Complete(reporter) if reporter is not None else None
     for cfg in cfgs:
         _check_data(cfg, data)
     # Every setting is checked against the data and the models while building, before a folder is touched: a

@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from . import dist, engine
 from .batches import Loaders
 from .config import FEATURE_KD_NAMES, TrainConfig
 from .data import ImageDataset
-from .engine import Models, Reporter
+from .engine import Models, Reporter, train_many
 from .rundir import CONFIG_FILE, RunDir, RunError, Summary, atomic_write_json, is_complete, read_summary
 
 __all__ = ["SWEEP_FILE", "SweepError", "train_many", "sweep", "run_sweep", "read_sweep", "student_dirs"]
@@ -52,31 +52,6 @@ SWEEP_FILE = "sweep.json"  # {"students": [...], "config": {...}}: what `distill
 
 class SweepError(UserError):
     """An invalid sweep: repeated students, settings that differ between students, an existing sweep."""
-
-
-# ------------------------------------------------------------------------------------- the engine level
-
-
-def train_many(
-    cfgs: Sequence[TrainConfig],
-    models: Sequence[Models],
-    data: ImageDataset | Loaders,
-    run_dirs: Sequence[str | Path | RunDir],
-    *,
-    resumes: Sequence[dict[str, Any] | None] | None = None,
-    reporter: Reporter | None = None,
-    stop_after: int | None = None,
-    resume_hint: str = "distill sweep --resume",
-    on_checked: Callable[[], None] | None = None,
-) -> list[Summary]:
-    """:func:`distill.engine.train_many` (the one training loop), with a sweep's errors: settings that differ
-    between students are a :class:`SweepError`."""
-    try:
-        engine.check_same_settings(cfgs)
-    except ValueError as err:
-        raise SweepError(str(err).replace("runs trained together", "the students of a sweep")) from None
-    return engine.train_many(cfgs, models, data, run_dirs, resumes=resumes, reporter=reporter, stop_after=stop_after,
-                             resume_hint=resume_hint, on_checked=on_checked)
 
 
 def _check_adoptable(folder: RunDir, cfg: TrainConfig, resume: bool) -> None:
