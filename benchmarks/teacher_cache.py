@@ -7,9 +7,10 @@ Two studies (issue "Pay for the teacher once"):
   ``r3_111_c16-32-64``, full CIFAR-10) and the card's nets (``resnet50`` into ``r4_3323`` on a subset). Targets: a
   warm epoch at most 1.15x the student-alone epoch and at least 1.8x faster than a live one (CPU scale);
   recording at most 5% over live.
-- ``cells``: the KD ablation's 5-epoch cells (KD, DKD, DIST, KD at other temperatures and weights; 2 seeds) from
-  the 6-epoch teacher, each run with ``--teacher-cache off`` and with the cache, side by side: the same top-1,
-  and the cached cells' total wall time at most 0.6x the live ones'.
+- ``cells``: the KD ablation's 5-epoch cells (KD, DKD, DIST, KD at other temperatures and weights; 2 seeds of
+  initialisation on one batch stream, ``--data-seed 0``) from the 6-epoch teacher, each run with
+  ``--teacher-cache off`` and with the cache, side by side: the same top-1, and the cached cells' total wall
+  time at most 0.6x the live ones'.
 
 Runs are ``distill`` commands under ``--work`` (reused when finished); one at a time unless ``--jobs 2``
 (each then at one thread, a live run beside its cached twin). The runs' summaries go to
@@ -64,13 +65,15 @@ class Scale:
     cells_data: tuple[str, ...] = ()
 
 
-CELLS = {  # the KD ablation's 5-epoch logit cells and KD at other temperatures and weights
+CELLS = {  # the KD ablation's 5-epoch logit cells, and KD at other temperatures and weights
     "KD T4 w0.9": ("--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.9"),
     "DKD": ("--kd-loss", "dkd"),
     "DIST": ("--kd-loss", "dist"),
+    "KD T1 w0.9": ("--kd-loss", "kd", "--temperature", "1", "--kd-weight", "0.9"),
     "KD T2 w0.9": ("--kd-loss", "kd", "--temperature", "2", "--kd-weight", "0.9"),
     "KD T8 w0.9": ("--kd-loss", "kd", "--temperature", "8", "--kd-weight", "0.9"),
     "KD T4 w0.5": ("--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.5"),
+    "KD T4 w0.7": ("--kd-loss", "kd", "--temperature", "4", "--kd-weight", "0.7"),
 }
 
 SCALES = {
@@ -118,9 +121,11 @@ def plan(scale: Scale, data: str, work: Path, seeds: tuple[int, ...]) -> list[Jo
                  Job(f"{p.name}-cold", [*run, *kd], "epochs", p.name, "cold"),
                  Job(f"{p.name}-warm", [*run, *kd], "epochs", p.name, "warm")]
     p = next(p for p in scale.pairs if p.name == scale.cells_teacher)
+    # Seeds of initialisation on one batch stream (--data-seed 0): what --data-seed is for, and what lets every
+    # cell of both seeds replay one recording. The live cells have the very same settings.
     common = ["--data", data, "--batch-size", str(p.batch_size), "--device", "cpu", "--lr", str(scale.lr),
               "--epochs", str(scale.cell_epochs), "--schedule", "onecycle", *scale.cells_data,
-              "--teacher", p.teacher, "--teacher-ckpt", str(work / f"teacher-{p.name}")]
+              "--teacher", p.teacher, "--teacher-ckpt", str(work / f"teacher-{p.name}"), "--data-seed", "0"]
     for seed in seeds:
         for cell, flags in scale.cells.items():
             slug = cell.replace(" ", "-").replace(".", "")

@@ -165,6 +165,9 @@ def _run_args(run: argparse._ArgumentGroup) -> None:
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=S,
                      help="keep NCHW activations (default: channels-last, NHWC)")
     run.add_argument("--compile", action="store_true", default=S, help="torch.compile the model")
+    run.add_argument("--deterministic", action="store_true", default=S,
+                     help="CUDA: reproducible kernels instead of cuDNN's fastest (slower; runs with one seed then "
+                          "agree bit for bit on the GPU too; CPU runs always do at a fixed thread count)")
     run.add_argument("--seed", type=int, default=S,
                      help="initial weights, and the batches unless --data-seed is given" + _default("seed"))
     run.add_argument("--data-seed", type=int, default=S,

@@ -282,6 +282,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (never on CPU)
     channels_last: bool = True  # NHWC activations, on CUDA and CPU
     compile: bool = False
+    deterministic: bool = False  # CUDA: reproducible kernels (slower) instead of cuDNN's fastest; CPUs are anyway
     seed: int = 0  # initial weights (and FitNets regressors); also the batches unless data_seed is set
     data_seed: int | None = None  # the batches: subset, shuffle, crops, flips, mixing; None: seed. Seeds of
     # initialisation that share a data_seed share one batch stream, so their teacher outputs come from one cache entry

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,7 +14,7 @@ from torch import nn
 from students.common.errors import UserError
 
 __all__ = ["resolve_device", "device_name", "git_commit", "channels_last_safe", "memory_format_for", "autocast",
-           "SAFE_MULTIPLE"]
+           "autocast_enabled", "configure_kernels", "on_cpu", "CPU_AUTOCAST", "SAFE_MULTIPLE"]
 
 SAFE_MULTIPLE = 8  # channel counts that oneDNN's channels-last convolutions handle on every torch we use
 MIN_STRIDED_1X1_INPUT = 16  # fewer input channels into a 1x1 stride-2 convolution crash oneDNN on some CPUs
@@ -48,9 +50,47 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+# bf16 autocast runs on CUDA only: on a CPU it is slower than fp32 for these convolutions. The tests switch it on
+# for the CPU too, so the CUDA path (teacher forward, student step, every loss, the cache) runs in the suite.
+CPU_AUTOCAST = False
+
+
+def autocast_enabled(device: torch.device, amp: bool) -> bool:
+    """Whether a run with ``amp`` computes in bf16 autocast on ``device``."""
+    return amp and (device.type == "cuda" or (device.type == "cpu" and CPU_AUTOCAST))
+
+
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast on CUDA only: on CPU it is slower than fp32 for these convolutions."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+    """bf16 autocast where :func:`autocast_enabled` says so; a no-op context elsewhere."""
+    kind = device.type if device.type in ("cuda", "cpu") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=autocast_enabled(device, enabled))
+
+
+def configure_kernels(device: torch.device, *, deterministic: bool = False) -> None:
+    """How CUDA picks its kernels. By default cuDNN benchmarks the convolution algorithms for each shape once
+    and keeps the fastest (the shapes of a run repeat every step); ``deterministic`` asks for reproducible
+    kernels instead, slower, so that two runs with the same seed agree bit for bit on the GPU as they do
+    on a CPU at a fixed thread count. Nothing changes on a CPU."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's reproducible workspace
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def on_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists and tuples of tensors, as an optimizer's state_dict) with every tensor copied
+    to the CPU: a checkpoint then loads anywhere with a plain ``torch.load``; loading it into an optimizer
+    moves each state back to its parameter's device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
 
 
 def memory_format_for(channels_last: bool) -> torch.memory_format:

@@ -107,6 +107,12 @@ def info() -> DistInfo:
     return _INFO
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), readable before :func:`setup` joins the
+    group: the CLIs use it to print from rank 0 only from their first line on."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main() -> bool:
     return _INFO.is_main
 

@@ -47,7 +47,8 @@ from students.common.files import WriteError
 from . import dist
 from .config import ConfigError, TrainConfig
 from .data import ImageDataset
-from .device import autocast, channels_last_safe, device_name, git_commit, memory_format_for, resolve_device
+from .device import (autocast, channels_last_safe, configure_kernels, device_name, git_commit, memory_format_for,
+                     on_cpu, resolve_device)
 from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_method
 from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
@@ -421,6 +422,7 @@ def _setup_device(cfg: TrainConfig) -> tuple[torch.device, dist.DistInfo]:
     world = dist.setup(device.type)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
+    configure_kernels(device, deterministic=cfg.deterministic)
     return device, world
 
 
@@ -844,7 +846,8 @@ def _save_epoch(parts: _Parts, state: _State, improved: bool) -> None:
     run_dir.save_last(parts.model, arch=arch,
                       meta={**meta, "world_size": parts.world.world_size, "records": state.records,
                             "best_epoch": state.best_epoch},
-                      optimizer=parts.optimizer.state_dict(), rng=_rng_state(parts.device), ema_state_dict=ema_state,
+                      optimizer=on_cpu(parts.optimizer.state_dict()), rng=_rng_state(parts.device),
+                      ema_state_dict=ema_state,
                       loss_state_dict=loss_state)
     if improved:
         run_dir.save_best(parts.model, arch=arch, meta={**meta, "top1": state.best_top1})

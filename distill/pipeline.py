@@ -176,9 +176,9 @@ def _data_key(cfg: TrainConfig, data: ImageDataset) -> str:
 
 # Settings that do not change what a teacher learns (or, for the seed, not which teacher is good enough:
 # seeds of a student share one teacher); every other teacher setting is part of the store key.
-_NOT_IN_TEACHER_KEY = ("device", "amp", "seed", "data_seed", "teacher_cache", "channels_last", "compile", "tensorboard",
-                       "ema", "ema_decay", "tta", "teacher", "teacher_mode", "data", "train_subset", "test_subset",
-                       "val_split")
+_NOT_IN_TEACHER_KEY = ("device", "amp", "seed", "data_seed", "teacher_cache", "deterministic", "channels_last",
+                       "compile", "tensorboard", "ema", "ema_decay", "tta", "teacher", "teacher_mode", "data",
+                       "train_subset", "test_subset", "val_split")
 
 
 def _teacher_key(teacher_cfg: TrainConfig) -> str:
@@ -408,12 +408,15 @@ def plan_run(cfg: TrainConfig, data: ImageDataset, *, store_root: str | Path | N
     )
     if described is not None:
         described(plan)
-    batch = min(TIMING_BATCH, plan.train_images)
+    # A CPU is timed at a small batch (seconds even for a ResNet-50); a GPU at the run's own batch, always after
+    # a warm-up step: small or cold steps there are launch- and autotuning-bound, several times too slow.
+    cuda = device.type == "cuda"
+    batch = min(cfg.batch_size if cuda else TIMING_BATCH, plan.train_images)
 
     def per_image(net: nn.Module, train: bool, what: str, warm_up: bool = True) -> float:
         return seconds_per_image(net, train=train, image_size=data.image_size, num_classes=data.num_classes,
                                  device=device, channels_last=cfg.channels_last and channels_last_safe(net, device),
-                                 amp=cfg.amp, batch=batch, warm_up=warm_up, what=what, progress=progress)
+                                 amp=cfg.amp, batch=batch, warm_up=warm_up or cuda, what=what, progress=progress)
 
     n_train, n_test = plan.train_images, plan.test_images
     phases = []

@@ -13,6 +13,7 @@ prints it (:meth:`RunPlan.lines`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,7 @@ from torch import nn
 
 from students.common.sizes import format_count
 
-from .device import memory_format_for
+from .device import autocast, memory_format_for
 
 __all__ = ["TIMING_BATCH", "TOO_LONG_S", "Phase", "TeacherPlan", "RunPlan", "seconds_per_image", "duration",
            "eval_passes"]
@@ -56,18 +57,18 @@ def seconds_per_image(model: nn.Module, *, train: bool, image_size: int, num_cla
     x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch,), device=device)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad] or [torch.zeros(1)], lr=0.0)
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    cast = functools.partial(autocast, device, amp)
 
     def step() -> float:
         start = time.perf_counter()
         if train:
-            with torch.autocast(**autocast):
+            with cast():
                 loss = nn.functional.cross_entropy(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         else:
-            with torch.inference_mode(), torch.autocast(**autocast):
+            with torch.inference_mode(), cast():
                 model(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -58,7 +58,7 @@ from students.common.files import WriteError, atomic_write_bytes, atomic_write_t
 
 from .config import TrainConfig
 from .data import ImageDataset, default_cache_dir
-from .device import autocast
+from .device import autocast, autocast_enabled
 from .feature_kd import stage_features
 from .mixing import MixConfig
 from .plan import duration
@@ -150,7 +150,7 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[
 def _execution(cfg: TrainConfig, device: torch.device, teacher_channels_last: bool) -> dict[str, Any]:
     """How the teacher's numbers are computed: what, beside its weights and inputs, moves their last bits."""
     return {"device": device.type, "teacher_channels_last": bool(teacher_channels_last),
-            "bf16_autocast": bool(cfg.amp and device.type == "cuda"), "torch": torch.__version__}
+            "bf16_autocast": autocast_enabled(device, cfg.amp), "torch": torch.__version__}
 
 
 def stream_key(cfg: TrainConfig, *, teacher: nn.Module, data: ImageDataset, device: torch.device,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distill.cli_common import NON_CONFIG, RichReporter, add_train_args, decode_progress, summary_table
+from distill import dist
 from distill.config import MAX_EPOCHS
 from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
 from students.common.errors import UserError
@@ -65,7 +65,7 @@ class _Console:
 
 
 def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return dist.launch_rank()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -321,11 +321,12 @@ def _prune(args: argparse.Namespace) -> int:
             raise UserError(f"--target-{kind} {format_count(target)} is not below the source's {current:,} {kind}; "
                             "choose a smaller target")
 
+    device = resolve_device(cfg.device)
+    dist.setup(device.type)  # under torchrun: join the group first, so that rank 0's writes can be waited for
     data = load_data(cfg, decode_progress())
     check_classes(ckpt, data.classes, f"SOURCE {ckpt_path}")
     if not prune_only and cfg.uses_teacher:  # the fine-tuning's teacher, checked before anything is written
         resolve_teacher(cfg, data, _Console(), may_train=False)
-    device = resolve_device(cfg.device)
     test_loader = DeviceLoader(data.test_images, data.test_labels, batch_size=500, mean=data.mean, std=data.std,
                                train=False, device=device)
     train_loader = DeviceLoader(data.train_images, data.train_labels, batch_size=min(cfg.batch_size, 256),
@@ -362,6 +363,7 @@ def _prune(args: argparse.Namespace) -> int:
             "pruned": True, "data_mean": list(data.mean), "data_std": list(data.std),
             "classes": list(data.classes), "top1": top1["after_bn_recalibration"]})
         atomic_write_json(out / PRUNE_RECORD, record)
+    dist.barrier()  # no rank reads pruned.pt or prune.json (fine-tuning) before rank 0 has written them
     if prune_only:
         console.print(f"pruned only (--finetune-epochs 0): {out / PRUNED_CKPT} and {out / PRUNE_RECORD} written")
         return 0
@@ -454,9 +456,12 @@ def _record(args, ckpt_path: Path, kind: str, target: float, result: PruneResult
 def _sparse_stage(args, cfg: TrainConfig, model, out: Path, source_arch: dict[str, Any]):
     """Train with torch-pruning's sparsity regulariser before pruning, as a run of its own in out/sparse."""
     sparse_dir = out / "sparse"
-    out.mkdir(parents=True, exist_ok=True)
     start = out / "source.pt"
-    students.save_checkpoint(start, model.cpu(), arch=_pruned_arch(model, source_arch))
+    arch = _pruned_arch(model, source_arch)
+    if _rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        students.save_checkpoint(start, model.cpu(), arch=arch)
+    dist.barrier()  # every rank starts the sparse run from the file rank 0 wrote
     sparse_cfg = cfg.replace(epochs=args.sparse_epochs, init_ckpt=str(start))
     hook_holder: dict[str, Any] = {}
 

@@ -1,0 +1,127 @@
+"""GPU day one (issue 32), on the CPU: the CUDA-only paths that can run here do, the GPU script runs in its
+check profile, and prune under torchrun writes once and waits for it."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import students
+import distill.device as device_module
+from distill import TrainConfig, fit
+from distill.data import load_dataset
+from distill.device import configure_kernels, on_cpu, resolve_device
+from distill.teacher_cache import CacheEntry, stream_key
+
+from conftest import import_benchmarks
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER, STUDENT = "r2_11_c8-16", "r1_1_c4"
+
+
+@pytest.fixture(scope="module")
+def data(cifar_subset_dir: Path):
+    return load_dataset(str(cifar_subset_dir))
+
+
+def _teacher() -> torch.nn.Module:
+    torch.manual_seed(123)
+    return students.create(TEACHER, num_classes=10)
+
+
+def _fit(data, out: Path, **changes):
+    torch.manual_seed(5)
+    cfg = TrainConfig(**{"epochs": 1, "batch_size": 50, "lr": 0.05, "device": "cpu", "seed": 5, **changes})
+    return fit(students.create(STUDENT, num_classes=10), data, teacher=_teacher(), config=cfg, out=out)
+
+
+@pytest.mark.parametrize("kd_loss", ["kd", "dkd", "dist", "kd+at", "kd+fitnet"])
+def test_every_loss_trains_under_bf16_autocast_as_on_cuda(data, tmp_path: Path, monkeypatch, kd_loss: str) -> None:
+    """The CUDA path (bf16 autocast for the teacher forward and the student step, losses in fp32) on the CPU."""
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(device_module, "CPU_AUTOCAST", True)
+    summary = _fit(data, tmp_path / kd_loss, kd_loss=kd_loss, mixup=0.4)
+    records = [json.loads(x) for x in (tmp_path / kd_loss / "metrics.jsonl").read_text().splitlines()]
+    assert summary.complete and all(math.isfinite(r["train_loss"]) and math.isfinite(r["test_loss"]) for r in records)
+
+
+def test_bf16_outputs_are_cached_apart_and_replayed_exactly(data, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+    cpu, cfg = resolve_device("cpu"), TrainConfig(batch_size=50)
+    fp32_key = CacheEntry(stream_key(cfg, teacher=_teacher(), data=data, device=cpu, teacher_channels_last=True))
+    monkeypatch.setattr(device_module, "CPU_AUTOCAST", True)
+    bf16_key = CacheEntry(stream_key(cfg, teacher=_teacher(), data=data, device=cpu, teacher_channels_last=True))
+    assert fp32_key.digest != bf16_key.digest  # bf16 logits are other numbers: never replayed for fp32 runs
+    live = _fit(data, tmp_path / "live", teacher_cache=False, epochs=2)
+    _fit(data, tmp_path / "cold", epochs=2)
+    warm = _fit(data, tmp_path / "warm", epochs=2)
+    assert warm.extra["teacher_outputs"] == {"replayed": 2, "recorded": 0, "live": 0}
+    a, b = (torch.load(r.run_dir / "last.pt", weights_only=True)["state_dict"] for r in (live, warm))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_keep_optimizer_state_on_the_cpu(data, tmp_path: Path) -> None:
+    nested = {"state": {0: {"momentum_buffer": torch.ones(2, requires_grad=True)}}, "param_groups": [{"lr": 0.1}]}
+    moved = on_cpu(nested)
+    assert moved["state"][0]["momentum_buffer"].device.type == "cpu" and not moved["state"][0]["momentum_buffer"].requires_grad
+    assert moved["param_groups"] == [{"lr": 0.1}]
+    run = _fit(data, tmp_path / "run", teacher_cache=False)
+    ckpt = torch.load(run.run_dir / "last.pt", weights_only=True, map_location=None)
+    tensors = [t for s in ckpt["optimizer"]["state"].values() for t in s.values() if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+
+
+def test_deterministic_is_a_recorded_setting_and_a_no_op_on_the_cpu(data, tmp_path: Path) -> None:
+    configure_kernels(resolve_device("cpu"), deterministic=True)
+    assert not torch.are_deterministic_algorithms_enabled()
+    run = _fit(data, tmp_path / "det", deterministic=True, teacher_cache=False)
+    assert TrainConfig.load(run.run_dir / "config.json").deterministic is True
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_its_check_profile_and_returns_two_files(cifar_subset_dir: Path, tmp_path: Path) -> None:
+    (script,) = import_benchmarks("gpu_day_one")
+    out, work = tmp_path / "out", tmp_path / "work"
+    code = script.main(["--profile", "check", "--data", str(cifar_subset_dir), "--out", str(out), "--work", str(work)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0, [s for s in summary["steps"] if s["status"] != "done"]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_day_one.tar.gz", "summary.json"]
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert [s["step"] for s in summary["steps"]] == ["throughput", "teacher", "kd-cold", "kd-warm", "alone", "pruned",
+                                                     "compare"]
+    assert [e["teacher_outputs"] for e in steps["kd-cold"]["epochs"]] == ["recorded"]
+    assert [e["teacher_outputs"] for e in steps["kd-warm"]["epochs"]] == ["replayed"]
+    with tarfile.open(out / "gpu_day_one.tar.gz") as tar:
+        names = tar.getnames()
+    assert "compare.md" in names and "throughput.json" in names and "kd-warm/summary.json" in names
+    assert not any(n.endswith(".pt") for n in names)
+    again = script.main(["--profile", "check", "--data", str(cifar_subset_dir), "--out", str(out), "--work", str(work)])
+    assert again == 0  # a second call reuses every finished step
+    assert {s["status"] for s in json.loads((out / "summary.json").read_text())["steps"]} <= {"reused", "done"}
+
+
+@pytest.mark.slow
+def test_prune_under_torchrun_prunes_once_and_fine_tunes_on_two_ranks(cifar_subset_dir: Path, tmp_path: Path) -> None:
+    from distill.cli import main
+
+    source = tmp_path / "source"
+    assert main(["run", "--student", "r2_11_c16-32", "--data", str(cifar_subset_dir), "--epochs", "1", "--batch-size",
+                 "50", "--device", "cpu", "--no-tta", "--out", str(source)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "pruned"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "prune", str(source), "--ratio", "0.5", "--round-to", "8", "--finetune-epochs", "1",
+                           "--batch-size", "25", "--out", str(out)], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["world_size"] == 2 and summary["pruned"]["channels_removed"] > 0
+    assert json.loads((out / "prune.json").read_text())["params_after"] == summary["num_params"]
