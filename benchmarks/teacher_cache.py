@@ -159,7 +159,10 @@ def run_job(job: Job, work: Path, threads: int, cache_dir: Path) -> dict:
             tail = "\n".join(log.read_text().splitlines()[-10:])
             raise SystemExit(f"{job.name} failed ({proc.returncode}); log {log}:\n{tail}")
         command_s = time.perf_counter() - start
+        (work / f"{job.name}.command_s").write_text(f"{command_s}\n")  # kept for a later --table-only or reuse
         _say(f"done  {job.name}: top-1 {done['top1_last']:.2f}% in {command_s:.0f} s")
+    elif (work / f"{job.name}.command_s").exists():
+        command_s = float((work / f"{job.name}.command_s").read_text())
     records = read_metrics(run_dir)
     keys = ("epoch", "seconds", "train_seconds", "train_loss", "test_top1", "test_loss", "teacher_outputs")
     return {**done, "command_s": command_s, "records": [{k: r.get(k) for k in keys} for r in records]}
@@ -187,19 +190,21 @@ def _epoch_s(summary: dict, key: str = "seconds") -> float:
 
 def epochs_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
     lines = ["| pair | student alone (s/epoch) | KD live | KD recording (cold) | KD replaying (warm) | warm / alone "
-             "| live / warm | cold / live | top-1 live / cold / warm (%) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| live / warm | cold / live | live / warm, training only | top-1 live / cold / warm (%) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for pair in dict.fromkeys(j.pair for j in jobs if j.study == "epochs"):
         got = {v: results.get(f"{pair}-{v}") for v in ("alone", "live", "cold", "warm")}
         if not all(got.values()):
             continue
         s = {v: _epoch_s(r) for v, r in got.items()}
+        train = {v: _epoch_s(r, "train_seconds") for v, r in got.items()}
         top1 = " / ".join(f"{got[v]['top1_last']:.2f}" for v in ("live", "cold", "warm"))
         modes = {v: [r["teacher_outputs"] for r in got[v]["records"]] for v in ("cold", "warm")}
         note = "" if set(modes["warm"]) == {"replayed"} and set(modes["cold"]) == {"recorded"} else f" ({modes})"
         lines.append(f"| {pair}: {got['live']['teacher']} -> {got['live']['model']}, {got['live']['train_images']:,} "
                      f"images | {s['alone']:.1f} | {s['live']:.1f} | {s['cold']:.1f} | {s['warm']:.1f} | "
                      f"{s['warm'] / s['alone']:.2f}x | {s['live'] / s['warm']:.2f}x | {s['cold'] / s['live']:.3f}x | "
-                     f"{top1}{note} |")
+                     f"{train['live'] / train['warm']:.2f}x | {top1}{note} |")
     return lines
 
 
@@ -207,13 +212,15 @@ def cells_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
     lines = ["| cell | seed | top-1 live (%) | top-1 cached (%) | command live (s) | command cached (s) | training "
              "live (s) | training cached (s) | teacher outputs |", "|---|---|---|---|---|---|---|---|---|"]
     totals = {"live": 0.0, "cached": 0.0, "live_train": 0.0, "cached_train": 0.0}
-    same = True
+    same, pairs = True, [(results.get(j.name), results.get(j.name.replace("-live", "-cache")))
+                         for j in jobs if j.study == "cells" and not j.cache]
+    timed = all(a["command_s"] and b["command_s"] for a, b in pairs if a and b)  # else: training time alone
     for job in [j for j in jobs if j.study == "cells" and not j.cache]:
         live, cached = results.get(job.name), results.get(job.name.replace("-live", "-cache"))
         if not live or not cached:
             continue
-        totals["live"] += live["command_s"] or live["wall_s"]
-        totals["cached"] += cached["command_s"] or cached["wall_s"]
+        totals["live"] += live["command_s"] if timed else live["wall_s"]
+        totals["cached"] += cached["command_s"] if timed else cached["wall_s"]
         totals["live_train"] += live["wall_s"]
         totals["cached_train"] += cached["wall_s"]
         same &= [(r["train_loss"], r["test_top1"], r["test_loss"]) for r in live["records"]] == [
@@ -223,7 +230,8 @@ def cells_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
                      f"{live['command_s'] or 0:.0f} | {cached['command_s'] or 0:.0f} | {live['wall_s']:.0f} | "
                      f"{cached['wall_s']:.0f} | {', '.join(f'{modes.count(m)} {m}' for m in dict.fromkeys(modes))} |")
     if totals["live"]:
-        lines += ["", f"Total wall time of the commands: live {totals['live']:.0f} s, cached {totals['cached']:.0f} s: "
+        what = "the commands" if timed else "the runs' training (no command times recorded)"
+        lines += ["", f"Total wall time of {what}: live {totals['live']:.0f} s, cached {totals['cached']:.0f} s: "
                       f"**{totals['cached'] / totals['live']:.2f}x** (target at most 0.6x); of their training alone "
                       f"{totals['cached_train'] / totals['live_train']:.2f}x. Train loss, test top-1 and test loss of "
                       f"every epoch: {'identical in every cell' if same else 'DIFFERENT in some cell'}."]
@@ -249,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         previous = json.loads(json_path.read_text())["runs"] if json_path.exists() else {}
         results = {**previous, **execute(jobs, work, args.jobs)}
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
+        commit = ", ".join(sorted({r["git_commit"] for r in results.values() if r.get("git_commit")}))  # the runs' own
         device = next((r["device"] for r in results.values() if "device" in r), "cpu")
         meta = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "commit": commit,
                 "device": device, "jobs": args.jobs,

@@ -27,7 +27,7 @@ from students.common.errors import UserError
 from students.common.files import atomic_write_text
 from students.common.sizes import parse_count
 
-from . import dist
+from .launch import launch_rank
 from .cli_common import (NON_CONFIG, RichReporter, TimingProgress, add_train_args, config_from_args, decode_progress,
                          fmt, summary_table)
 from .config import DEVICES, TrainConfig
@@ -153,7 +153,7 @@ def _train(args: argparse.Namespace, kind: str) -> int:
     check_run(cfg, run_dir)
     data = load_data(cfg, decode_progress())
     plan = None
-    if dist.launch_rank() == 0 or args.dry_run:  # under torchrun rank 0 plans for all
+    if launch_rank() == 0 or args.dry_run:  # under torchrun rank 0 plans for all
         with TimingProgress() as timing:
             plan = plan_run(cfg, data, progress=timing, described=lambda p: _print_lines(p.describe_lines()))
         _print_lines(plan.estimate_lines())
@@ -392,7 +392,7 @@ def _export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    if dist.launch_rank() != 0:  # under torchrun only rank 0 prints
+    if launch_rank() != 0:  # under torchrun only rank 0 prints
         console.quiet = True
     if args.command == "sweep":
         return _sweep(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -14,7 +15,8 @@ from torch import nn
 from students.common.errors import UserError
 
 __all__ = ["resolve_device", "device_name", "git_commit", "channels_last_safe", "memory_format_for", "autocast",
-           "autocast_enabled", "configure_kernels", "on_cpu", "CPU_AUTOCAST", "SAFE_MULTIPLE"]
+           "autocast_enabled", "configure_kernels", "on_cpu", "keep_head_fp32", "classifier_of", "FP32Head",
+           "CPU_AUTOCAST", "SAFE_MULTIPLE"]
 
 SAFE_MULTIPLE = 8  # channel counts that oneDNN's channels-last convolutions handle on every torch we use
 MIN_STRIDED_1X1_INPUT = 16  # fewer input channels into a 1x1 stride-2 convolution crash oneDNN on some CPUs
@@ -64,6 +66,44 @@ def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """bf16 autocast where :func:`autocast_enabled` says so; a no-op context elsewhere."""
     kind = device.type if device.type in ("cuda", "cpu") else "cpu"
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=autocast_enabled(device, enabled))
+
+
+class FP32Head:
+    """Marks a classifier head whose forward runs in float32 under autocast (see :func:`keep_head_fp32`)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _fp32_class(cls: type) -> type:
+    def forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        kind = x.device.type if x.device.type in ("cuda", "cpu") else "cpu"
+        with torch.autocast(kind, enabled=False):
+            return cls.forward(self, x.float(), *args, **kwargs)
+
+    return type(f"FP32{cls.__name__}", (cls, FP32Head), {"forward": forward, "__module__": cls.__module__})
+
+
+def classifier_of(model: nn.Module) -> nn.Module | None:
+    """The layer that produces the logits: timm's ``get_classifier()``, else the model's last ``nn.Linear``
+    (also after BatchNorm folding, whose torch.fx graph keeps the submodules)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+        return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def keep_head_fp32(model: nn.Module) -> bool:
+    """Run ``model``'s classifier in float32 under bf16 autocast, so the logits the losses see (student and
+    teacher alike) are not rounded to bf16's 8 bits of mantissa first. The head's class becomes a subclass
+    whose forward switches autocast off: its weights, state_dict and checkpoints are unchanged, and copies
+    (EMA) keep it. False when no classifier was found."""
+    head = classifier_of(model)
+    if head is None:
+        return False
+    if not isinstance(head, FP32Head):
+        head.__class__ = _fp32_class(type(head))
+    return True
 
 
 def configure_kernels(device: torch.device, *, deterministic: bool = False) -> None:

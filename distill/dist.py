@@ -22,6 +22,8 @@ import torch.distributed as dist
 
 from students.common.errors import UserError
 
+from .launch import launch_rank, launch_world_size
+
 __all__ = ["DistInfo", "RankStopped", "RunStopped", "setup", "info", "is_main", "barrier", "all_reduce_sum",
            "is_peer_failure", "stop_listening"]
 
@@ -105,12 +107,6 @@ def setup(device_type: str) -> DistInfo:
 
 def info() -> DistInfo:
     return _INFO
-
-
-def launch_rank() -> int:
-    """This process's rank as torchrun set it (0 outside torchrun), readable before :func:`setup` joins the
-    group: the CLIs use it to print from rank 0 only from their first line on."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:

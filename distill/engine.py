@@ -47,15 +47,15 @@ from students.common.files import WriteError
 from . import dist
 from .config import ConfigError, TrainConfig
 from .data import ImageDataset
-from .device import (autocast, channels_last_safe, configure_kernels, device_name, git_commit, memory_format_for,
-                     on_cpu, resolve_device)
+from .device import (autocast, autocast_enabled, channels_last_safe, configure_kernels, device_name, git_commit,
+                     keep_head_fp32, memory_format_for, on_cpu, resolve_device)
 from .feature_kd import FeatureKD, build_feature_kd, is_feature_method, split_method
 from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
 from .optim import build_optimizer, lr_at, set_lr
 from .batches import Batches, Loaders, check_classes, dataset_batches, loader_batches
 from .rundir import BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, epoch_summary, read_metrics
-from .teacher_cache import CacheEntry, TeacherOutput, TeacherOutputs, eval_key, stream_key
+from .teacher_cache import CacheEntry, TeacherOutput, TeacherOutputs, eval_key, limit_bytes, stream_key
 
 __all__ = [
     "RunError",
@@ -426,11 +426,14 @@ def _setup_device(cfg: TrainConfig) -> tuple[torch.device, dist.DistInfo]:
     return device, world
 
 
-def _place(net: nn.Module, device: torch.device, channels_last: bool, *, convert_inputs: bool = False) -> nn.Module:
+def _place(net: nn.Module, device: torch.device, channels_last: bool, *, convert_inputs: bool = False,
+           amp: bool = False) -> nn.Module:
     # Channels-last: faster convolutions with cuDNN and with oneDNN on CPUs (measured 1.28x for a student's
     # training step and 1.18x for teacher inference on the 2-core CI machine; docs/RESULTS.md).
     net = net.to(device)
     net = net.to(memory_format=torch.channels_last) if channels_last else net
+    if autocast_enabled(device, amp):
+        keep_head_fp32(net)  # logits in fp32 under bf16 autocast, for the losses
     if convert_inputs:
         # The batches follow the student's format; a convolution runs channels-last when its input is, so
         # without this a teacher kept contiguous for safety (channels_last_safe) would still run channels-last
@@ -516,11 +519,11 @@ def _build(cfg: TrainConfig, models: Models, data: ImageDataset | Loaders, run_d
     use_cl = cfg.channels_last and channels_last_safe(models.model, device)
     batches = loader_batches(data, cfg, device, channels_last=use_cl) if isinstance(data, Loaders) else (
         dataset_batches(data, cfg, device, world, channels_last=use_cl))
-    model = _place(models.model, device, use_cl)
+    model = _place(models.model, device, use_cl, amp=cfg.amp)
     teacher, teacher_cl = None, False
     if models.teacher is not None:
         teacher_cl = cfg.channels_last and channels_last_safe(models.teacher, device)
-        teacher = _place(models.teacher, device, teacher_cl, convert_inputs=True)
+        teacher = _place(models.teacher, device, teacher_cl, convert_inputs=True, amp=cfg.amp)
     loss_fn = build_train_loss(cfg, model, teacher)
     # A feature method's own parameters (FitNets regressors) train beside the student, in one optimiser.
     trained = nn.ModuleList([model, loss_fn]) if any(True for _ in loss_fn.parameters()) else model
@@ -702,6 +705,7 @@ def _teacher_source(members: Sequence[_Member], data: ImageDataset | Loaders) ->
     levels = [j for m in members if isinstance(m.parts.loss_fn, FeatureKD) for j in m.parts.loss_fn.teacher_indices]
     entry = None
     if lead.cfg.teacher_cache and isinstance(data, ImageDataset):
+        limit_bytes()  # a malformed $DISTILL_TEACHER_CACHE_GB is refused now, not after the first epoch
         entry = CacheEntry(stream_key(lead.cfg, teacher=lead.teacher, data=data, device=lead.device,
                                       teacher_channels_last=lead.teacher_channels_last,
                                       world_size=lead.world.world_size, rank=lead.world.rank))
@@ -936,6 +940,7 @@ def train_many(
         members.append(_Member(folder.path.name, _build(cfg, m, data, folder, mine), resume))
     world = members[0].parts.world
     reporter = (reporter or _Silent()) if world.is_main else _Null()
+    source = _teacher_source(members, data)  # its key and the cache's limit are checked here, before any write
     if on_checked is not None:
         on_checked()
     hint = resume_hint or (f"--resume {folders[0].path}" if len(folders) == 1 else "--resume")
@@ -945,7 +950,7 @@ def train_many(
             if world.is_main:
                 _open_folder(member.parts, member.resume)
         try:
-            summaries = _run_epochs(members, data, reporter, stop_after, hint)
+            summaries = _run_epochs(members, data, source, reporter, stop_after, hint)
         finally:
             for member in members:
                 if member.parts.tensorboard is not None:
@@ -954,9 +959,9 @@ def train_many(
     return summaries
 
 
-def _start_all(members: Sequence[_Member], data: ImageDataset | Loaders, reporter: Any) -> TeacherOutputs | None:
-    """The shared teacher-output source, and every member's state (the teacher measured once for all)."""
-    source = _teacher_source(members, data)
+def _start_all(members: Sequence[_Member], data: ImageDataset | Loaders, reporter: Any,
+               source: TeacherOutputs | None) -> None:
+    """Every member's state (the teacher measured once for all), then what the teacher outputs come from."""
     teacher_top1 = None
     for member in members:
         if member.parts.models.teacher_top1 is None and member.resume is None:
@@ -965,16 +970,15 @@ def _start_all(members: Sequence[_Member], data: ImageDataset | Loaders, reporte
         teacher_top1 = member.state.teacher_top1 if teacher_top1 is None else teacher_top1
     if source is not None:
         _call(reporter, "message", _source_line(source, members))
-    return source
 
 
-def _run_epochs(members: list[_Member], data: ImageDataset | Loaders, reporter: Any, stop_after: int | None,
-                hint: str) -> list[Summary]:
+def _run_epochs(members: list[_Member], data: ImageDataset | Loaders, source: TeacherOutputs | None, reporter: Any,
+                stop_after: int | None, hint: str) -> list[Summary]:
     """The loop over epochs, then the summaries (written by rank 0)."""
     cfg = members[0].parts.cfg
     current = members[0]  # the member an error belongs to
     try:
-        source = _start_all(members, data, reporter)
+        _start_all(members, data, reporter, source)
         epochs_run = 0
         for epoch in range(min(m.state.epoch for m in members), cfg.epochs):
             if stop_after is not None and epochs_run >= stop_after:

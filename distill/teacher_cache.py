@@ -56,9 +56,10 @@ from students.checkpoint import content_digest
 from students.common.errors import UserError
 from students.common.files import WriteError, atomic_write_bytes, atomic_write_text
 
+from . import dist
 from .config import TrainConfig
 from .data import ImageDataset, default_cache_dir
-from .device import autocast, autocast_enabled
+from .device import autocast, autocast_enabled, keep_head_fp32
 from .feature_kd import stage_features
 from .mixing import MixConfig
 from .plan import duration
@@ -149,8 +150,9 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[
 
 def _execution(cfg: TrainConfig, device: torch.device, teacher_channels_last: bool) -> dict[str, Any]:
     """How the teacher's numbers are computed: what, beside its weights and inputs, moves their last bits."""
-    return {"device": device.type, "teacher_channels_last": bool(teacher_channels_last),
-            "bf16_autocast": autocast_enabled(device, cfg.amp), "torch": torch.__version__}
+    cast = autocast_enabled(device, cfg.amp)
+    return {"device": device.type, "teacher_channels_last": bool(teacher_channels_last), "bf16_autocast": cast,
+            **({"fp32_head": True} if cast else {}), "torch": torch.__version__}
 
 
 def stream_key(cfg: TrainConfig, *, teacher: nn.Module, data: ImageDataset, device: torch.device,
@@ -585,10 +587,14 @@ def plan_cache(cfg: TrainConfig, teacher: nn.Module | None, data: ImageDataset, 
     size = epoch_bytes(steps, cfg.batch_size, data.num_classes)
     if not cfg.teacher_cache:
         return CachePlan("off", cfg.epochs, 0, size)
+    limit_bytes()  # a malformed limit is refused in the plan already
     entry = None
-    if teacher is not None:
+    if teacher is not None:  # rank 0's entry (the plan is rank 0's)
+        if autocast_enabled(device, cfg.amp):
+            keep_head_fp32(teacher)  # as the run will place it (distill.engine): the key sees the same module
         entry = CacheEntry(stream_key(cfg, teacher=teacher, data=data, device=device,
-                                      teacher_channels_last=teacher_channels_last))
+                                      teacher_channels_last=teacher_channels_last,
+                                      world_size=dist.launch_world_size(), rank=dist.launch_rank()))
     where = entry.path if entry is not None else cache_root()
     if feature_method:
         return CachePlan("features", cfg.epochs, 0, size, where)

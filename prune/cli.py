@@ -23,7 +23,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distill.cli_common import NON_CONFIG, RichReporter, add_train_args, decode_progress, summary_table
-from distill import dist
+from distill.launch import launch_rank
 from distill.config import MAX_EPOCHS
 from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
 from students.common.errors import UserError
@@ -65,7 +65,7 @@ class _Console:
 
 
 def _rank() -> int:
-    return dist.launch_rank()
+    return launch_rank()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -322,6 +322,8 @@ def _prune(args: argparse.Namespace) -> int:
                             "choose a smaller target")
 
     device = resolve_device(cfg.device)
+    from distill import dist
+
     dist.setup(device.type)  # under torchrun: join the group first, so that rank 0's writes can be waited for
     data = load_data(cfg, decode_progress())
     check_classes(ckpt, data.classes, f"SOURCE {ckpt_path}")
@@ -461,6 +463,8 @@ def _sparse_stage(args, cfg: TrainConfig, model, out: Path, source_arch: dict[st
     if _rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         students.save_checkpoint(start, model.cpu(), arch=arch)
+    from distill import dist
+
     dist.barrier()  # every rank starts the sparse run from the file rank 0 wrote
     sparse_cfg = cfg.replace(epochs=args.sparse_epochs, init_ckpt=str(start))
     hook_holder: dict[str, Any] = {}

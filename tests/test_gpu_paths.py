@@ -125,3 +125,30 @@ def test_prune_under_torchrun_prunes_once_and_fine_tunes_on_two_ranks(cifar_subs
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and summary["world_size"] == 2 and summary["pruned"]["channels_removed"] > 0
     assert json.loads((out / "prune.json").read_text())["params_after"] == summary["num_params"]
+
+
+def test_the_classifier_runs_in_fp32_under_autocast_and_checkpoints_do_not_change(tmp_path: Path) -> None:
+    import copy
+
+    from distill.device import FP32Head, keep_head_fp32
+
+    model = students.create(STUDENT, num_classes=10).eval()
+    keys = list(model.state_dict())
+    assert keep_head_fp32(model) and keep_head_fp32(model)  # idempotent
+    assert isinstance(model.fc, FP32Head) and isinstance(model.fc, torch.nn.Linear)
+    assert list(model.state_dict()) == keys
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.forward_features(x)
+        assert model.fc(model.forward_head(features, pre_logits=True)).dtype == torch.float32
+    ema = copy.deepcopy(model)  # timm's ModelEmaV3 copies the model: the copy keeps the fp32 head
+    assert isinstance(ema.fc, FP32Head)
+    teacher = students.create(TEACHER, num_classes=10)
+    from teachers import FrozenTeacher
+
+    frozen = FrozenTeacher(teacher, fold_bn=True)  # the folded torch.fx graph keeps its fc submodule
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert frozen(x).dtype == torch.bfloat16  # without it: logits rounded to bf16
+    assert keep_head_fp32(frozen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert frozen(x).dtype == torch.float32

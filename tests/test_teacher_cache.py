@@ -273,6 +273,7 @@ def test_a_bad_size_limit_is_one_clear_line(capsys, cifar_subset_dir: Path, cach
     code, _, err = invoke(main, capsys, "run", "--teacher", TEACHER, "--student", STUDENT, "--data", cifar_subset_dir,
                           "--epochs", "1", "--batch-size", "50", "--device", "cpu", "--out", tmp_path / "run")
     assert_one_line_error(code, err, "DISTILL_TEACHER_CACHE_GB='lots' is not a size in GB")
+    assert not (tmp_path / "run").exists()  # refused before the run folder was written
 
 
 def test_the_plan_says_what_is_cached_and_dry_run_writes_nothing(capsys, cifar_subset_dir: Path, cache: Path,

@@ -282,3 +282,28 @@ def test_two_runs_needing_one_unstored_teacher_share_it(cifar_subset_dir: Path, 
     assert second.returncode == 0, (second.stdout + second.stderr)[-2000:]
     assert "waiting for it to finish" in second.stdout and "stored teacher" in second.stdout
     assert len(list((tmp_path / "store").iterdir())) == 1
+
+
+@pytest.mark.parametrize("target, fragment", [(float("nan"), "positive, finite"), ("4.9M", "must be a number"),
+                                              (-5, "positive, finite"), (True, "must be a number")])
+def test_prune_to_target_refuses_targets_that_are_not_sizes(target: object, fragment: str) -> None:
+    from prune import PruneError, prune_to_target
+
+    model = students.create("r2_11_c8-16", num_classes=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PruneError, match=fragment):
+        prune_to_target(model, "params", target)  # type: ignore[arg-type]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
+
+
+def test_a_missed_size_target_is_reported_and_recorded(capsys, teacher_run: Path, tmp_path: Path,
+                                                       monkeypatch) -> None:
+    import prune.cli as prune_cli
+
+    monkeypatch.setattr(prune_cli, "_measured", lambda kind, cost: 100)  # as if the re-measured count fell short
+    code, out, err = invoke(prune_main, capsys, teacher_run, "--target-params", "50%", "--round-to", "1",
+                            "--finetune-epochs", "0", "--out", tmp_path / "pruned")
+    assert code == 0, err
+    assert "warning: target missed: fvcore counts 100 params" in out
+    record = json.loads((tmp_path / "pruned" / "prune.json").read_text())
+    assert record["target"]["measured"] == 100 and record["target"]["missed"] is True
