@@ -145,7 +145,7 @@ def _say(text: str) -> None:
 def run_job(job: Job, work: Path, threads: int, cache_dir: Path) -> dict:
     """Run one job (or reuse its finished run); its summary with its per-epoch records."""
     run_dir = work / job.name
-    command_s = None
+    command_s, ran = None, False
     if (done := finished_summary(run_dir)) is None:
         start = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -158,14 +158,14 @@ def run_job(job: Job, work: Path, threads: int, cache_dir: Path) -> dict:
         if proc.returncode != 0 or (done := finished_summary(run_dir)) is None:
             tail = "\n".join(log.read_text().splitlines()[-10:])
             raise SystemExit(f"{job.name} failed ({proc.returncode}); log {log}:\n{tail}")
-        command_s = time.perf_counter() - start
+        command_s, ran = time.perf_counter() - start, True
         (work / f"{job.name}.command_s").write_text(f"{command_s}\n")  # kept for a later --table-only or reuse
         _say(f"done  {job.name}: top-1 {done['top1_last']:.2f}% in {command_s:.0f} s")
     elif (work / f"{job.name}.command_s").exists():
         command_s = float((work / f"{job.name}.command_s").read_text())
     records = read_metrics(run_dir)
     keys = ("epoch", "seconds", "train_seconds", "train_loss", "test_top1", "test_loss", "teacher_outputs")
-    return {**done, "command_s": command_s, "records": [{k: r.get(k) for k in keys} for r in records]}
+    return {**done, "command_s": command_s, "ran": ran, "records": [{k: r.get(k) for k in keys} for r in records]}
 
 
 def execute(jobs: list[Job], work: Path, parallel: int) -> dict[str, dict]:
@@ -208,6 +208,10 @@ def epochs_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
 def cells_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
     lines = ["| cell | seed | top-1 live (%) | top-1 cached (%) | command live (s) | command cached (s) | training "
              "live (s) | training cached (s) | teacher outputs |", "|---|---|---|---|---|---|---|---|---|"]
@@ -227,7 +231,7 @@ def cells_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
             (r["train_loss"], r["test_top1"], r["test_loss"]) for r in cached["records"]]
         modes = [r["teacher_outputs"] for r in cached["records"]]
         lines.append(f"| {job.variant} | {job.seed} | {live['top1_last']:.2f} | {cached['top1_last']:.2f} | "
-                     f"{live['command_s'] or 0:.0f} | {cached['command_s'] or 0:.0f} | {live['wall_s']:.0f} | "
+                     f"{_seconds(live['command_s'])} | {_seconds(cached['command_s'])} | {live['wall_s']:.0f} | "
                      f"{cached['wall_s']:.0f} | {', '.join(f'{modes.count(m)} {m}' for m in dict.fromkeys(modes))} |")
     if totals["live"]:
         what = "the commands" if timed else "the runs' training (no command times recorded)"
@@ -268,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
               "(training plus evaluation), each run alone on the machine.", ""]
     block = "\n".join(header + epochs_table(jobs, results) + [""] + cells_table(jobs, results))
     if not args.table_only:
-        block += f"\n\nBenchmark wall time {time.perf_counter() - started:.0f} s."
+        ran = sum(1 for j in jobs if results[j.name].get("ran"))
+        block += (f"\n\nThis invocation ran {ran} of the {len(jobs)} runs (the others were finished runs it reused) "
+                  f"in {time.perf_counter() - started:.0f} s.")
     publish(args.results, json_path.name, {"meta": meta, "runs": results}, f"teacher-cache:{args.scale}", block)
     print(block)
     return 0
