@@ -4,6 +4,7 @@ moved to the device batch by batch, with what the summary and checkpoints record
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,15 +46,43 @@ class OnDevice:
             raise TypeError(f"train and test must have a length (a DataLoader or a list of batches), got a "
                             f"{type(loader).__name__}") from None
         self.loader, self.device, self.channels_last = loader, device, channels_last
+        self._stream: Any = None  # CUDA: the side stream batches are copied on
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One batch ahead: while the consumer works on batch ``i``, batch ``i + 1`` is drawn and, on CUDA,
+        pinned and copied on a side stream (timm's ``PrefetchLoader`` discipline; its class is not reused
+        because it also normalises, which these batches already are, and does not pin). On other devices
+        the same order runs with plain copies."""
         fmt = memory_format_for(self.channels_last)
+        cuda = self.device.type == "cuda"
+        if cuda and self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.device)  # one per loader: the allocator pools per stream
+        consumer = torch.cuda.current_stream(self.device) if cuda else None
+
+        def send(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            side = contextlib.nullcontext()
+            if cuda:
+                # Blocks the consumer freed may be handed to the copies below: let its queued work finish first.
+                self._stream.wait_stream(consumer)
+                images, labels = _pinned(images), _pinned(labels)  # pageable memory would copy synchronously
+                side = torch.cuda.stream(self._stream)
+            with side:
+                return (images.to(self.device, non_blocking=True).float().contiguous(memory_format=fmt),
+                        labels.to(self.device, non_blocking=True))
+
+        ahead = None
         for images, labels in self.loader:
-            yield (images.to(self.device, non_blocking=True).float().contiguous(memory_format=fmt),
-                   labels.to(self.device, non_blocking=True))
+            sent = send(images, labels)
+            if ahead is not None:
+                yield ahead
+            if cuda:
+                consumer.wait_stream(self._stream)  # batch i + 1 is ready before the consumer touches it
+            ahead = sent
+        if ahead is not None:
+            yield ahead
 
     def set_epoch(self, epoch: int) -> None:
         sampler = getattr(self.loader, "sampler", None)
@@ -66,6 +95,10 @@ class OnDevice:
             return len(dataset)  # type: ignore[arg-type]
         except TypeError:
             return sum(int(labels.shape[0]) for _, labels in self.loader)
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.pin_memory() if tensor.device.type == "cpu" and not tensor.is_pinned() else tensor
 
 
 @dataclass

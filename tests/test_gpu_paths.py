@@ -178,3 +178,29 @@ def test_compiled_student_with_feature_hooks_and_ema_trains_as_eager(data, tmp_p
     assert calls, "--compile did not reach torch.compile"
     for key in ("train_loss", "test_loss", "test_top1", "ema_top1"):
         assert [r.get(key) for r in runs[True]] == pytest.approx([r.get(key) for r in runs[False]], rel=1e-5)
+
+
+def test_loader_batches_are_drawn_one_ahead_in_order() -> None:
+    """`fit`'s DataLoader path (distill.batches.OnDevice): batch i + 1 is drawn (on CUDA: pinned and copied
+    on a side stream) while the consumer holds batch i; order, values, dtype and memory format unchanged."""
+    from distill.batches import OnDevice
+
+    drawn: list[int] = []
+    batches = [(torch.full((2, 3, 4, 4), float(i), dtype=torch.float64), torch.tensor([i, i])) for i in range(4)]
+
+    class Loader:
+        def __len__(self) -> int:
+            return len(batches)
+
+        def __iter__(self):
+            for i, batch in enumerate(batches):
+                drawn.append(i)
+                yield batch
+
+    seen = []
+    for images, labels in OnDevice(Loader(), torch.device("cpu"), channels_last=True):
+        seen.append((int(labels[0]), len(drawn)))
+        assert images.dtype == torch.float32 and images.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(images, batches[int(labels[0])][0].float())
+    assert seen == [(0, 2), (1, 3), (2, 4), (3, 4)]  # one ahead, none lost at the end
+    assert list(OnDevice([], torch.device("cpu"), channels_last=False)) == []
