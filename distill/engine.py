@@ -703,13 +703,16 @@ def _teacher_source(members: Sequence[_Member], data: ImageDataset | Loaders) ->
     if lead.teacher is None:
         return None
     levels = [j for m in members if isinstance(m.parts.loss_fn, FeatureKD) for j in m.parts.loss_fn.teacher_indices]
+    compiled = lead.cfg.compile and not levels
     entry = None
     if lead.cfg.teacher_cache and isinstance(data, ImageDataset):
         limit_bytes()  # a malformed $DISTILL_TEACHER_CACHE_GB is refused now, not after the first epoch
         entry = CacheEntry(stream_key(lead.cfg, teacher=lead.teacher, data=data, device=lead.device,
                                       teacher_channels_last=lead.teacher_channels_last,
-                                      world_size=lead.world.world_size, rank=lead.world.rank))
-    return TeacherOutputs(lead.teacher, device=lead.device, amp=lead.cfg.amp, levels=levels, entry=entry)
+                                      world_size=lead.world.world_size, rank=lead.world.rank,
+                                      compiled_teacher=compiled))
+    return TeacherOutputs(lead.teacher, device=lead.device, amp=lead.cfg.amp, levels=levels, entry=entry,
+                          compile=compiled)
 
 
 def _source_line(source: TeacherOutputs, members: Sequence[_Member]) -> str:

@@ -156,8 +156,12 @@ def _execution(cfg: TrainConfig, device: torch.device, teacher_channels_last: bo
 
 
 def stream_key(cfg: TrainConfig, *, teacher: nn.Module, data: ImageDataset, device: torch.device,
-               teacher_channels_last: bool, world_size: int = 1, rank: int = 0) -> dict[str, Any]:
+               teacher_channels_last: bool, world_size: int = 1, rank: int = 0,
+               compiled_teacher: bool = False) -> dict[str, Any]:
     """Everything that changes the images a run's teacher sees, or the teacher's numbers on them.
+
+    ``compiled_teacher``: the teacher runs through ``torch.compile`` (``--compile``, logit methods), whose
+    fused kernels may round otherwise: its logits get an entry of their own.
 
     What does not change them is left out, so those runs share an entry: the student, its loss, temperature
     and KD weight, the optimiser, lr and schedule, EMA, the number of epochs, label smoothing (it changes the
@@ -182,6 +186,7 @@ def stream_key(cfg: TrainConfig, *, teacher: nn.Module, data: ImageDataset, devi
         "world_size": world_size,
         "rank": rank,
         **_execution(cfg, device, teacher_channels_last),
+        **({"compiled_teacher": True} if compiled_teacher else {}),
     }
 
 
@@ -379,12 +384,16 @@ class TeacherOutputs:
         device, amp: where and how it runs (bf16 autocast on CUDA when ``amp``).
         levels: the stage maps feature losses need every step (then it always runs).
         entry: the cache entry of this run's batch stream; None runs it live.
+        compile: run the teacher through ``torch.compile`` (logits only; the entry's key must say so).
     """
 
     def __init__(self, teacher: nn.Module, *, device: torch.device, amp: bool = True, levels: Sequence[int] = (),
-                 entry: CacheEntry | None = None) -> None:
+                 entry: CacheEntry | None = None, compile: bool = False) -> None:
         self.teacher, self.device, self.amp = teacher, device, amp
         self.levels = sorted(set(levels))
+        # --compile compiles the frozen teacher with the student; a feature method's stage maps come from hooks
+        # on the eager teacher (distill.feature_kd), so there it stays eager.
+        self._logits_of = torch.compile(teacher) if compile and not self.levels else teacher
         self.entry = entry
         self.recording = entry is not None  # off once the cache cannot take more (limit, disk)
         self.counts = {"replayed": 0, "recorded": 0, "live": 0}
@@ -402,7 +411,7 @@ class TeacherOutputs:
         """The live teacher on ``images``: logits, and the stage maps of :attr:`levels`."""
         with autocast(self.device, self.amp):
             if not self.levels:
-                return self.teacher(images), {}
+                return self._logits_of(images), {}
             logits, maps = stage_features(self.teacher, images, self.levels, role="teacher")
         return logits, dict(zip(self.levels, maps))
 
@@ -594,7 +603,8 @@ def plan_cache(cfg: TrainConfig, teacher: nn.Module | None, data: ImageDataset, 
             keep_head_fp32(teacher)  # as the run will place it (distill.engine): the key sees the same module
         entry = CacheEntry(stream_key(cfg, teacher=teacher, data=data, device=device,
                                       teacher_channels_last=teacher_channels_last,
-                                      world_size=dist.launch_world_size(), rank=dist.launch_rank()))
+                                      world_size=dist.launch_world_size(), rank=dist.launch_rank(),
+                                      compiled_teacher=cfg.compile and not feature_method))
     where = entry.path if entry is not None else cache_root()
     if feature_method:
         return CachePlan("features", cfg.epochs, 0, size, where)
