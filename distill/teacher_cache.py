@@ -34,6 +34,7 @@ teacher runs live; the logits it computes are still recorded for later logit-onl
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import io
@@ -59,7 +60,7 @@ from students.common.files import WriteError, atomic_write_bytes, atomic_write_t
 from . import dist
 from .config import TrainConfig
 from .data import ImageDataset, default_cache_dir
-from .device import autocast, autocast_enabled, keep_head_fp32
+from .device import FP32Head, autocast, autocast_enabled, keep_head_fp32
 from .feature_kd import stage_features
 from .mixing import MixConfig
 from .plan import duration
@@ -369,6 +370,20 @@ def _projection(shape: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator).to(device)
 
 
+def bf16_weights_copy(teacher: nn.Module) -> nn.Module:
+    """A copy of the frozen ``teacher`` whose convolution and linear weights (not the fp32 classifier head,
+    see :func:`~distill.device.keep_head_fp32`) are bf16, for its forward pass under bf16 autocast. Autocast
+    casts an fp32 weight to bf16 on every call (it caches casts only of weights that require gradients);
+    cast once, the outputs are the same bit for bit and each step skips one kernel per layer. Normalisation
+    layers keep fp32 parameters, as autocast runs them. The caller's module is left as it was."""
+    runner = copy.deepcopy(teacher)
+    for module in runner.modules():
+        # Exact types only: a subclass may use its weight otherwise (timm's StdConv2d standardises it first).
+        if type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear) and not isinstance(module, FP32Head):
+            module.to(torch.bfloat16)
+    return runner
+
+
 class TeacherOutputs:
     """The teacher's outputs for every step of an epoch: live from the teacher, or replayed from the cache.
 
@@ -391,9 +406,12 @@ class TeacherOutputs:
                  entry: CacheEntry | None = None, compile: bool = False) -> None:
         self.teacher, self.device, self.amp = teacher, device, amp
         self.levels = sorted(set(levels))
+        # Under bf16 autocast the frozen teacher runs from a copy whose convolution and linear weights are
+        # bf16 already: autocast would cast the same fp32 weights again on every step, to the same numbers.
+        self._runner = bf16_weights_copy(teacher) if autocast_enabled(device, amp) else teacher
         # --compile compiles the frozen teacher with the student; a feature method's stage maps come from hooks
         # on the eager teacher (distill.feature_kd), so there it stays eager.
-        self._logits_of = torch.compile(teacher) if compile and not self.levels else teacher
+        self._logits_of = torch.compile(self._runner) if compile and not self.levels else self._runner
         self.entry = entry
         self.recording = entry is not None  # off once the cache cannot take more (limit, disk)
         self.counts = {"replayed": 0, "recorded": 0, "live": 0}
@@ -412,7 +430,7 @@ class TeacherOutputs:
         with autocast(self.device, self.amp):
             if not self.levels:
                 return self._logits_of(images), {}
-            logits, maps = stage_features(self.teacher, images, self.levels, role="teacher")
+            logits, maps = stage_features(self._runner, images, self.levels, role="teacher")
         return logits, dict(zip(self.levels, maps))
 
     def begin_epoch(self, epoch: int, steps: int) -> str:

@@ -219,3 +219,24 @@ def test_a_compiled_teachers_logits_have_an_entry_of_their_own(data, tmp_path: P
     again = _fit(data, tmp_path / "again", compile=True)
     assert compiled.extra["teacher_outputs"]["recorded"] == 1 and eager.extra["teacher_outputs"]["recorded"] == 1
     assert again.extra["teacher_outputs"] == {"replayed": 1, "recorded": 0, "live": 0}
+
+
+def test_the_teacher_runs_from_bf16_weights_cast_once_to_the_same_logits(data, monkeypatch) -> None:
+    """Under bf16 autocast the frozen teacher's convolution and linear weights are cast once, in a copy;
+    its logits and stage maps equal autocast's per-step casts bit for bit, and the caller's teacher stays fp32."""
+    from distill.device import keep_head_fp32
+    from distill.feature_kd import stage_features
+    from distill.teacher_cache import TeacherOutputs
+
+    monkeypatch.setattr(device_module, "CPU_AUTOCAST", True)
+    teacher = _teacher().eval().to(memory_format=torch.channels_last)
+    keep_head_fp32(teacher)
+    images = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    outputs = TeacherOutputs(teacher, device=torch.device("cpu"), amp=True, levels=[1])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, maps = stage_features(teacher, images, [1])
+        cast_once, cast_maps = outputs(images)
+    assert logits.dtype == torch.float32 and torch.equal(cast_once, logits) and torch.equal(cast_maps[1], maps[0])
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    assert {p.dtype for p in outputs._runner.parameters()} == {torch.bfloat16, torch.float32}
