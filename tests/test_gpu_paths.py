@@ -90,7 +90,10 @@ def test_deterministic_is_a_recorded_setting_and_a_no_op_on_the_cpu(data, tmp_pa
 def test_the_gpu_script_runs_its_check_profile_and_returns_two_files(cifar_subset_dir: Path, tmp_path: Path) -> None:
     (script,) = import_benchmarks("gpu_day_one")
     out, work = tmp_path / "out", tmp_path / "work"
-    code = script.main(["--profile", "check", "--data", str(cifar_subset_dir), "--out", str(out), "--work", str(work)])
+    # The budget is for the GPU slot; here it must not depend on how loaded the machine is.
+    args = ["--profile", "check", "--data", str(cifar_subset_dir), "--out", str(out), "--work", str(work),
+            "--budget-s", "3600"]
+    code = script.main(args)
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, [s for s in summary["steps"] if s["status"] != "done"]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_day_one.tar.gz", "summary.json"]
@@ -103,7 +106,7 @@ def test_the_gpu_script_runs_its_check_profile_and_returns_two_files(cifar_subse
         names = tar.getnames()
     assert "compare.md" in names and "throughput.json" in names and "kd-warm/summary.json" in names
     assert not any(n.endswith(".pt") for n in names)
-    again = script.main(["--profile", "check", "--data", str(cifar_subset_dir), "--out", str(out), "--work", str(work)])
+    again = script.main(args)
     assert again == 0  # a second call reuses every finished step
     assert {s["status"] for s in json.loads((out / "summary.json").read_text())["steps"]} <= {"reused", "done"}
 
