@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from students.common.errors import UserError
 
-from .launch import launch_rank, launch_world_size
+from .launch import launch_world_size
 
 __all__ = ["DistInfo", "RankStopped", "RunStopped", "setup", "info", "is_main", "barrier", "all_reduce_sum",
            "is_peer_failure", "stop_listening"]
@@ -86,8 +86,7 @@ def is_peer_failure(err: BaseException) -> bool:
 def setup(device_type: str) -> DistInfo:
     """Join the process group torchrun describes in the environment (a no-op for a single process)."""
     global _INFO
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if launch_world_size() <= 1:
         return _INFO
     if dist.is_initialized():
         return _INFO

@@ -55,7 +55,8 @@ from .mixing import BatchMixer, MixConfig
 from .optim import build_optimizer, lr_at, set_lr
 from .batches import Batches, Loaders, check_classes, dataset_batches, loader_batches
 from .rundir import BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, epoch_summary, read_metrics
-from .teacher_cache import CacheEntry, TeacherOutput, TeacherOutputs, eval_key, limit_bytes, stream_key
+from .teacher_cache import (CacheEntry, TeacherOutput, TeacherOutputs, compiles_teacher, eval_key, limit_bytes,
+                            stream_key)
 
 __all__ = [
     "RunError",
@@ -703,7 +704,7 @@ def _teacher_source(members: Sequence[_Member], data: ImageDataset | Loaders) ->
     if lead.teacher is None:
         return None
     levels = [j for m in members if isinstance(m.parts.loss_fn, FeatureKD) for j in m.parts.loss_fn.teacher_indices]
-    compiled = lead.cfg.compile and not levels
+    compiled = compiles_teacher(lead.cfg, bool(levels))
     entry = None
     if lead.cfg.teacher_cache and isinstance(data, ImageDataset):
         limit_bytes()  # a malformed $DISTILL_TEACHER_CACHE_GB is refused now, not after the first epoch

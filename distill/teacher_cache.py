@@ -57,17 +57,17 @@ from students.checkpoint import content_digest
 from students.common.errors import UserError
 from students.common.files import WriteError, atomic_write_bytes, atomic_write_text
 
-from . import dist
 from .config import TrainConfig
 from .data import ImageDataset, default_cache_dir
 from .device import FP32Head, autocast, autocast_enabled, keep_head_fp32
 from .feature_kd import stage_features
+from .launch import launch_rank, launch_world_size
 from .mixing import MixConfig
 from .plan import duration
 
 __all__ = ["CACHE_DIR", "LIMIT_ENV_VAR", "TeacherCacheMismatch", "TeacherOutputs", "CacheEntry", "CachePlan",
            "cache_root", "limit_bytes", "teacher_fingerprint", "data_fingerprint", "stream_key", "eval_key",
-           "plan_cache"]
+           "plan_cache", "compiles_teacher", "bf16_weights_copy"]
 
 _logger = logging.getLogger(__name__)
 
@@ -370,6 +370,12 @@ def _projection(shape: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator).to(device)
 
 
+def compiles_teacher(cfg: TrainConfig, feature_method: bool) -> bool:
+    """Whether a run's frozen teacher runs through ``torch.compile``: with ``--compile``, for logit methods
+    (a feature method's stage maps come from hooks on the eager teacher, distill.feature_kd)."""
+    return cfg.compile and not feature_method
+
+
 def bf16_weights_copy(teacher: nn.Module) -> nn.Module:
     """A copy of the frozen ``teacher`` whose convolution and linear weights (not the fp32 classifier head,
     see :func:`~distill.device.keep_head_fp32`) are bf16, for its forward pass under bf16 autocast. Autocast
@@ -409,8 +415,7 @@ class TeacherOutputs:
         # Under bf16 autocast the frozen teacher runs from a copy whose convolution and linear weights are
         # bf16 already: autocast would cast the same fp32 weights again on every step, to the same numbers.
         self._runner = bf16_weights_copy(teacher) if autocast_enabled(device, amp) else teacher
-        # --compile compiles the frozen teacher with the student; a feature method's stage maps come from hooks
-        # on the eager teacher (distill.feature_kd), so there it stays eager.
+        # compile: see compiles_teacher (the caller decides, as the entry's key must say)
         self._logits_of = torch.compile(self._runner) if compile and not self.levels else self._runner
         self.entry = entry
         self.recording = entry is not None  # off once the cache cannot take more (limit, disk)
@@ -621,8 +626,8 @@ def plan_cache(cfg: TrainConfig, teacher: nn.Module | None, data: ImageDataset, 
             keep_head_fp32(teacher)  # as the run will place it (distill.engine): the key sees the same module
         entry = CacheEntry(stream_key(cfg, teacher=teacher, data=data, device=device,
                                       teacher_channels_last=teacher_channels_last,
-                                      world_size=dist.launch_world_size(), rank=dist.launch_rank(),
-                                      compiled_teacher=cfg.compile and not feature_method))
+                                      world_size=launch_world_size(), rank=launch_rank(),
+                                      compiled_teacher=compiles_teacher(cfg, feature_method)))
     where = entry.path if entry is not None else cache_root()
     if feature_method:
         return CachePlan("features", cfg.epochs, 0, size, where)
