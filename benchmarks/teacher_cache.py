@@ -216,13 +216,12 @@ def cells_table(jobs: list[Job], results: dict[str, dict]) -> list[str]:
     lines = ["| cell | seed | top-1 live (%) | top-1 cached (%) | command live (s) | command cached (s) | training "
              "live (s) | training cached (s) | teacher outputs |", "|---|---|---|---|---|---|---|---|---|"]
     totals = {"live": 0.0, "cached": 0.0, "live_train": 0.0, "cached_train": 0.0}
-    same, pairs = True, [(results.get(j.name), results.get(j.name.replace("-live", "-cache")))
-                         for j in jobs if j.study == "cells" and not j.cache]
-    timed = all(a["command_s"] and b["command_s"] for a, b in pairs if a and b)  # else: training time alone
-    for job in [j for j in jobs if j.study == "cells" and not j.cache]:
-        live, cached = results.get(job.name), results.get(job.name.replace("-live", "-cache"))
-        if not live or not cached:
-            continue
+    pairs = [(job, results.get(job.name), results.get(job.name.replace("-live", "-cache")))
+             for job in jobs if job.study == "cells" and not job.cache]
+    pairs = [(job, live, cached) for job, live, cached in pairs if live and cached]  # both twins finished
+    timed = all(live["command_s"] and cached["command_s"] for _, live, cached in pairs)  # else: training time alone
+    same = True
+    for job, live, cached in pairs:
         totals["live"] += live["command_s"] if timed else live["wall_s"]
         totals["cached"] += cached["command_s"] if timed else cached["wall_s"]
         totals["live_train"] += live["wall_s"]
