@@ -5,9 +5,10 @@ bare (no torch-pruning, fvcore, iopath, termcolor or yacs; the project not insta
 small files from ``$OUT``. So this script:
 
 - runs every command as ``python -m distill`` / ``python -m prune`` from the checkout (no entry points);
-- measures only the GPU (no start-up or CPU-only benchmarks): the KD step against a plain PyTorch loop, a
-  teacher, KD with the teacher-output cache cold and warm, the student alone, and a pruned student with its
-  fine-tuning; then the compare table;
+- measures only the GPU (no start-up or CPU-only benchmarks): the KD step against a plain PyTorch loop (and
+  ``fit``'s DataLoader path), a teacher, KD with the teacher-output cache cold and warm, the student alone, a
+  pruned student with its fine-tuning, and KD under ``--compile`` (against the cold run: a compiled teacher's
+  outputs have their own cache entry); then the compare table;
 - writes its runs under ``--work`` (outside ``$OUT``), and puts one archive of the small files (JSON, logs,
   the compare table) and a ``summary.json`` into ``--out``;
 - keeps each step inside the time left (``--budget-s``); a step cut short is recorded as such, and its run
@@ -54,6 +55,9 @@ class Profile:
     data: tuple[str, ...] = ()  # subset flags
     throughput: tuple[str, ...] = ()  # benchmarks/train_throughput.py flags
     prune: tuple[str, ...] = ("--target-macs", "50%")  # how the KD student is pruned (then fine-tuned)
+    # `--compile` (student and frozen teacher) against kd-cold; off on the CPU check, where inductor's C++
+    # build alone takes minutes for nothing the check needs
+    compile_step: bool = True
 
 
 PROFILES = {
@@ -65,7 +69,7 @@ PROFILES = {
     "check": Profile("cpu", "r2_11_c8-16", "r1_1_c4", teacher_epochs=1, epochs=1, batch_size=50, lr=0.05,
                      data=("--train-subset", "300", "--test-subset", "100"),
                      throughput=("--images", "300", "--batch-size", "50", "--workers", "0"),
-                     prune=("--ratio", "0.5", "--round-to", "1")),
+                     prune=("--ratio", "0.5", "--round-to", "1"), compile_step=False),
 }
 
 
@@ -77,6 +81,7 @@ def steps(p: Profile, data: str, work: Path) -> list[tuple[str, list[str], Path 
     teacher = work / "teacher"
     kd = ["--teacher", p.teacher, "--teacher-ckpt", str(teacher), "--kd-loss", "kd"]
     student = [*py, "-m", "distill", "run", "--student", p.student, "--epochs", str(p.epochs), *common]
+    compiled = [("kd-compile", [*student, *kd, "--compile", "--out", str(work / "kd-compile")], work / "kd-compile")]
     return [
         ("throughput", [*py, "benchmarks/train_throughput.py", "--data", data, "--teacher", p.teacher, "--student",
                         p.student, "--device", p.device, *p.throughput, "--json", str(work / "throughput.json")], None),
@@ -87,8 +92,10 @@ def steps(p: Profile, data: str, work: Path) -> list[tuple[str, list[str], Path 
         ("alone", [*student, "--out", str(work / "alone")], work / "alone"),
         ("pruned", [*py, "-m", "prune", str(work / "kd-cold"), *p.prune, "--finetune-epochs",
                     str(max(1, p.epochs // 3)), "--out", str(work / "pruned")], work / "pruned"),
+        *(compiled if p.compile_step else []),
         ("compare", [*py, "-m", "distill", "compare", *(str(work / n) for n in ("teacher", "kd-cold", "kd-warm",
                                                                                  "alone", "pruned")),
+                     *([str(work / "kd-compile")] if p.compile_step else []),
                      "--markdown", str(work / "compare.md"), "--csv", str(work / "compare.csv")], None),
     ]
 

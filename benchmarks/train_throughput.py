@@ -7,6 +7,9 @@ Both loops do the same work per batch on the same real images, models and device
   ``DeviceLoader`` (crop, flip and normalisation on the device), channels-last, the teacher's BatchNorms
   folded into its convolutions, the loss read back only every few steps, and bf16 autocast on CUDA:
   what ``distill run`` does by default.
+- ``fit``: the same engine step fed as :func:`distill.api.fit` feeds a user's ``DataLoader`` (the plain
+  loop's loader below, wrapped in :class:`distill.batches.OnDevice`: one batch ahead, pinned and copied on a
+  side stream on CUDA).
 - ``plain``: a torchvision ``DataLoader`` (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
   Normalize; ``num_workers=2``), fp32, no channels-last, and ``loss.item()`` every step. That is the
   seed reports' loop.
@@ -42,6 +45,7 @@ for extra in (REPO_ROOT, Path(__file__).resolve().parent):
 import students  # noqa: E402
 import teachers  # noqa: E402
 from data_throughput import PilImages  # noqa: E402
+from distill.batches import OnDevice  # noqa: E402
 from distill.config import TrainConfig  # noqa: E402
 from distill.data import DeviceLoader, load_dataset  # noqa: E402
 from distill.device import device_name, git_commit, resolve_device  # noqa: E402
@@ -60,7 +64,9 @@ def build_models(args, num_classes: int, device: torch.device):
     return teacher.to(device).eval(), student.to(device)
 
 
-def time_distill(args, data, device: torch.device) -> float:
+def time_distill(args, data, device: torch.device, *, fit_path: bool = False) -> float:
+    """The engine's KD step per second, fed by ``DeviceLoader`` (``distill run``) or, with ``fit_path``, by the
+    plain loop's ``DataLoader`` behind ``OnDevice`` (``distill.api.fit`` with a user's loader)."""
     teacher, student = build_models(args, data.num_classes, device)
     channels_last = True  # as `distill run` does by default, on CPU and CUDA
     frozen = teachers.FrozenTeacher(teacher, student_mean=data.mean, student_std=data.std,
@@ -68,29 +74,39 @@ def time_distill(args, data, device: torch.device) -> float:
     frozen = frozen.to(memory_format=torch.channels_last)
     student = student.to(memory_format=torch.channels_last)
     cfg = TrainConfig(lr=0.01, batch_size=args.batch_size)
-    loader = DeviceLoader(data.train_images, data.train_labels, batch_size=args.batch_size, mean=data.mean,
-                          std=data.std, train=True, device=device, channels_last=channels_last)
+    if fit_path:
+        loader = OnDevice(plain_loader(args, data), device, channels_last)
+    else:
+        loader = DeviceLoader(data.train_images, data.train_labels, batch_size=args.batch_size, mean=data.mean,
+                              std=data.std, train=True, device=device, channels_last=channels_last)
     optimizer = build_optimizer(student, cfg)
     loss_fn = build_loss("kd", temperature=4.0, kd_weight=0.9, label_smoothing=0.0)
     trainee = Trainee(student, loss_fn, optimizer, lambda s: 0.01, memory_format=torch.channels_last)
     kwargs = dict(device=device, teacher=frozen, amp=True)
-    loader.set_epoch(0)
-    train_one_epoch([trainee], loader, **kwargs)  # warm-up epoch: allocator, cuDNN autotuning
-    loader.set_epoch(1)
+    epoch = getattr(loader, "set_epoch", lambda e: None)
+    epoch(0)
+    train_one_epoch([trainee], loader, **kwargs)  # warm-up epoch: allocator, cuDNN autotuning, workers
+    epoch(1)
     start = time.perf_counter()
     stats = train_one_epoch([trainee], loader, **kwargs)
     seconds = time.perf_counter() - start
     return len(loader) * args.batch_size / seconds if stats else 0.0
 
 
-def time_plain(args, data, device: torch.device) -> float:
-    teacher, student = build_models(args, data.num_classes, device)
+def plain_loader(args, data) -> DataLoader:
+    """The seeds' loader: torchvision transforms on PIL images in worker processes."""
     tf = transforms.Compose([
         transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
         transforms.Normalize(data.mean, data.std),
     ])
-    loader = DataLoader(PilImages(data.train_images, data.train_labels, tf), batch_size=args.batch_size,
-                        shuffle=True, num_workers=args.workers, drop_last=True)
+    return DataLoader(PilImages(data.train_images, data.train_labels, tf), batch_size=args.batch_size,
+                      shuffle=True, num_workers=args.workers, drop_last=True,
+                      persistent_workers=args.workers > 0)
+
+
+def time_plain(args, data, device: torch.device) -> float:
+    teacher, student = build_models(args, data.num_classes, device)
+    loader = plain_loader(args, data)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss_fn = build_loss("kd", temperature=4.0, kd_weight=0.9, label_smoothing=0.0)
 
@@ -133,11 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
         data = data.subset(train=args.images, test=100)
     plain = time_plain(args, data, device)
     ours = time_distill(args, data, device)
+    fit = time_distill(args, data, device, fit_path=True)
     result = {
         "benchmark": "train_throughput",
         "distill_img_s": ours,
+        "fit_dataloader_img_s": fit,
         "plain_img_s": plain,
         "ratio": ours / plain,
+        "fit_ratio": fit / plain,
         "teacher": args.teacher,
         "student": args.student,
         "teacher_params": students.count_params(build_models(args, data.num_classes, torch.device("cpu"))[0]),
@@ -156,8 +175,10 @@ def main(argv: list[str] | None = None) -> dict:
     table.add_column("loop")
     table.add_column("images/s", justify="right")
     table.add_row("distill (DeviceLoader + engine step)", f"{ours:,.0f}")
+    table.add_row("fit path (the same DataLoader behind OnDevice + engine step)", f"{fit:,.0f}")
     table.add_row(f"plain (DataLoader, {args.workers} workers, fp32)", f"{plain:,.0f}")
-    table.add_row("ratio", f"{ours / plain:.2f}x")
+    table.add_row("ratio distill / plain", f"{ours / plain:.2f}x")
+    table.add_row("ratio fit path / plain", f"{fit / plain:.2f}x")
     console.print(table)
     console.print(f"teacher {args.teacher} ({result['teacher_params']:,} params), student {args.student} "
                   f"({result['student_params']:,} params), {result['images_per_epoch']:,} images/epoch, "

@@ -178,6 +178,9 @@ def _run_args(run: argparse._ArgumentGroup) -> None:
                           "with the same teacher and batches (exact; under $DISTILL_CACHE/teacher-outputs, at most "
                           "$DISTILL_TEACHER_CACHE_GB, default 20 GB); off: run the teacher on every step (default: on)")
     run.add_argument("--eval-every", type=int, default=S, help="evaluate every N epochs (and at the end)")
+    run.add_argument("--save-every", type=int, default=S, metavar="N",
+                     help="write the resumable checkpoint last.pt every N epochs (and at the end, and at "
+                          "--stop-after); a kill loses at most N-1 finished epochs" + _default("save_every"))
     run.add_argument("--tensorboard", action="store_true", default=S,
                      help="also write TensorBoard event files into the run directory (if tensorboard is installed)")
     run.add_argument("--out", default=None, help="run directory (default: runs/<kind>-<model>-<time>)")

@@ -62,7 +62,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "kd_warmup_epochs": (0.0, MAX_EPOCHS), "feat_weight": (0.0, 1e9), "label_smoothing": (0.0, 0.999999),
     "mixup": (0.0, 1e3), "cutmix": (0.0, 1e3), "mix_prob": (0.0, 1.0), "crop_padding": (0, 1023),
     "cutout": (0, 1024), "ema_decay": (None, None), "seed": (0, MAX_SEED), "data_seed": (0, MAX_SEED),
-    "eval_every": (1, MAX_EPOCHS),
+    "eval_every": (1, MAX_EPOCHS), "save_every": (1, MAX_EPOCHS),
 }
 MAX_MILESTONES = 1000
 
@@ -288,6 +288,10 @@ class TrainConfig:
     # initialisation that share a data_seed share one batch stream, so their teacher outputs come from one cache entry
     teacher_cache: bool = True  # record the teacher's logits once per batch stream and replay them (distill.teacher_cache)
     eval_every: int = 1  # epochs
+    # epochs between writes of last.pt (the final epoch and a --stop-after stop always write): a kill loses at
+    # most save_every - 1 finished epochs. Above 1 where a checkpoint costs much of an epoch (a resnet50-sized
+    # last.pt takes ~1.2 s to hash and fsync, a third of an H100 teacher epoch at CIFAR scale)
+    save_every: int = 1
     tensorboard: bool = False  # also write TensorBoard event files into the run folder (needs tensorboard)
     recipe: str | None = None  # the named recipe these settings started from (distill.recipes)
 
@@ -303,7 +307,8 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         if self.teacher_mode is not None:
             _choice("teacher_mode", self.teacher_mode, TEACHER_MODES)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_every": self.eval_every,
+                    "save_every": self.save_every}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

@@ -395,6 +395,7 @@ class _State:
     """What changes as training goes; restored from ``last.pt`` on resume."""
 
     epoch: int = 0  # epochs finished
+    saved_epoch: int = 0  # the epoch last.pt holds (behind ``epoch`` between writes under save_every > 1)
     step: int = 0
     elapsed_before: float = 0.0  # seconds spent in earlier sessions of this run
     best_top1: float = -1.0
@@ -403,6 +404,8 @@ class _State:
     records: list[dict[str, Any]] = field(default_factory=list)
     session_start: float = field(default_factory=time.perf_counter)
     passed_teacher: bool = False  # said once per session: the student's top-1 reached its teacher's
+    # With save_every > 1: the best epoch's weights (on the CPU) and best.pt metadata while no last.pt holds them
+    unsaved_best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.session_start
@@ -653,7 +656,7 @@ def _restore(parts: _Parts, resume: dict[str, Any]) -> _State:
                               "written by distill") from None
     # The step is recomputed from the epoch, so a checkpoint from N ranks resumes on M ranks (where an
     # epoch has a different number of steps) on the same point of the schedule.
-    state = _State(epoch=epoch, step=epoch * len(parts.data.train), elapsed_before=elapsed, best_top1=best,
+    state = _State(epoch=epoch, saved_epoch=epoch, step=epoch * len(parts.data.train), elapsed_before=elapsed, best_top1=best,
                    best_epoch=meta.get("best_epoch"), teacher_top1=meta.get("teacher_top1", parts.models.teacher_top1))
     rng = resume.get("rng", {})
     if "torch" in rng:
@@ -663,24 +666,33 @@ def _restore(parts: _Parts, resume: dict[str, Any]) -> _State:
     state.records = _resumed_records(parts, meta, epoch)
     if parts.world.is_main:
         parts.run_dir.write_metrics(state.records)
-        if state.best_epoch == epoch:
-            _repair_best(parts, meta, state)
+        if state.best_epoch == epoch or resume.get("best_state_dict") is not None:
+            _repair_best(parts, resume, state)
     parts.reporter.message(f"resuming {parts.run_dir.path} after epoch {epoch}/{parts.cfg.epochs} "
                            f"(step {state.step})")
     return state
 
 
-def _repair_best(parts: _Parts, meta: dict[str, Any], state: _State) -> None:
-    """``last.pt`` holds the best epoch: rewrite ``best.pt`` from it when a kill came between the two writes."""
+def _repair_best(parts: _Parts, resume: dict[str, Any], state: _State) -> None:
+    """``last.pt`` holds the best epoch (its own weights, or ``best_state_dict`` under ``save_every`` > 1):
+    rewrite ``best.pt`` from it when a kill came between the two writes."""
     best = parts.run_dir / BEST_CKPT
     try:
         held = load_file(best).get("meta", {}).get("epoch") if best.exists() else None
     except CheckpointError:
         held = None
-    if held != state.epoch:
-        kept = {k: v for k, v in meta.items() if k not in ("records", "world_size", "best_epoch")}
+    if held == state.best_epoch:
+        return
+    if state.best_epoch == state.epoch:
+        kept = {k: v for k, v in resume["meta"].items() if k not in ("records", "world_size", "best_epoch")}
         parts.run_dir.save_best(parts.model, arch=parts.models.arch, meta={**kept, "top1": state.best_top1})
-        parts.reporter.message(f"{best} did not hold the best epoch ({state.epoch}); rewritten from {LAST_CKPT}")
+    else:
+        weights, meta = resume["best_state_dict"], resume.get("best_meta")
+        if not isinstance(weights, dict) or not isinstance(meta, dict) or meta.get("epoch") != state.best_epoch:
+            raise CheckpointError(f"{parts.run_dir / LAST_CKPT} carries best-epoch weights that do not match its "
+                                  f"best epoch ({state.best_epoch}); start the run again")
+        parts.run_dir.save_best(weights, arch=parts.models.arch, meta=meta)
+    parts.reporter.message(f"{best} did not hold the best epoch ({state.best_epoch}); rewritten from {LAST_CKPT}")
 
 
 def _resumed_records(parts: _Parts, meta: dict[str, Any], epoch: int) -> list[dict[str, Any]]:
@@ -813,8 +825,9 @@ def _check_finite(parts: _Parts, record: dict[str, Any]) -> None:
         raise TrainingDiverged(f"weights became NaN or infinite in epoch {record['epoch']} (first: {bad})")
 
 
-def _end_epoch(parts: _Parts, state: _State, record: dict[str, Any]) -> None:
-    """Record the epoch: metrics files, ``best.pt`` when it improved, ``last.pt`` always (rank 0 writes).
+def _end_epoch(parts: _Parts, state: _State, record: dict[str, Any], *, save: bool = True) -> None:
+    """Record the epoch: metrics files always; ``last.pt``, and ``best.pt`` when it improved, when ``save``
+    (rank 0 writes).
 
     A diverged epoch (:func:`_check_finite`) is not recorded: the run stops with the previous checkpoint."""
     _check_finite(parts, record)
@@ -824,9 +837,17 @@ def _end_epoch(parts: _Parts, state: _State, record: dict[str, Any]) -> None:
     state.records.append(record)
     state.epoch = record["epoch"]
     if parts.world.is_main:
-        _save_epoch(parts, state, improved)
+        _save_epoch(parts, state, improved, save)
+    if save:
+        state.saved_epoch = state.epoch
     parts.reporter.end_epoch(record)
     _check_teacher_lead(parts, state, record)
+
+
+def _save_due(cfg: TrainConfig, epoch: int, last_of_session: bool) -> bool:
+    """Whether epoch ``epoch`` (1-based) writes ``last.pt``: every ``cfg.save_every`` epochs, the run's last,
+    and the last one this session trains (``--stop-after``)."""
+    return epoch % cfg.save_every == 0 or epoch == cfg.epochs or last_of_session
 
 
 def _check_teacher_lead(parts: _Parts, state: _State, record: dict[str, Any]) -> None:
@@ -843,22 +864,37 @@ def _check_teacher_lead(parts: _Parts, state: _State, record: dict[str, Any]) ->
         "a larger model) or a lower --kd-weight usually does better")
 
 
-def _save_epoch(parts: _Parts, state: _State, improved: bool) -> None:
+def _save_epoch(parts: _Parts, state: _State, improved: bool, save: bool = True) -> None:
     """``last.pt`` first (it carries the metrics records too), then ``best.pt``, then the metrics files: a
-    kill between any two writes leaves a resumable run, and never a best.pt without a last.pt."""
+    kill between any two writes leaves a resumable run, and never a best.pt without a last.pt.
+
+    Without ``save`` only the metrics files are written; a new best epoch's weights wait on the CPU and go into
+    the next ``last.pt`` (``best_state_dict``, so a kill before best.pt is written loses nothing), then best.pt.
+    """
     run_dir, arch = parts.run_dir, parts.models.arch
     meta = {"epoch": state.epoch, "step": state.step, "elapsed_s": state.elapsed(), "best_top1": state.best_top1,
             "teacher_top1": state.teacher_top1, "config": parts.cfg.to_dict(), **parts.data.meta}
-    ema_state = None if parts.ema is None else {k: v.detach().cpu() for k, v in parts.ema.module.state_dict().items()}
-    loss_state = {k: v.detach().cpu() for k, v in parts.loss_fn.state_dict().items()} or None
-    run_dir.save_last(parts.model, arch=arch,
-                      meta={**meta, "world_size": parts.world.world_size, "records": state.records,
-                            "best_epoch": state.best_epoch},
-                      optimizer=on_cpu(parts.optimizer.state_dict()), rng=_rng_state(parts.device),
-                      ema_state_dict=ema_state,
-                      loss_state_dict=loss_state)
-    if improved:
-        run_dir.save_best(parts.model, arch=arch, meta={**meta, "top1": state.best_top1})
+    if improved and not save:
+        state.unsaved_best = ({k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()},
+                              {**meta, "top1": state.best_top1})
+    elif improved:
+        state.unsaved_best = None  # this epoch's weights are the best: last.pt holds them
+    if save:
+        ema_state = (None if parts.ema is None
+                     else {k: v.detach().cpu() for k, v in parts.ema.module.state_dict().items()})
+        loss_state = {k: v.detach().cpu() for k, v in parts.loss_fn.state_dict().items()} or None
+        best = state.unsaved_best
+        extra = {} if best is None else {"best_state_dict": best[0], "best_meta": best[1]}
+        run_dir.save_last(parts.model, arch=arch,
+                          meta={**meta, "world_size": parts.world.world_size, "records": state.records,
+                                "best_epoch": state.best_epoch},
+                          optimizer=on_cpu(parts.optimizer.state_dict()), rng=_rng_state(parts.device),
+                          ema_state_dict=ema_state, loss_state_dict=loss_state, **extra)
+        if improved:
+            run_dir.save_best(parts.model, arch=arch, meta={**meta, "top1": state.best_top1})
+        elif best is not None:
+            run_dir.save_best(best[0], arch=arch, meta=best[1])
+        state.unsaved_best = None
     run_dir.write_metrics(state.records)
     if parts.tensorboard is not None:
         for key, value in state.records[-1].items():
@@ -929,6 +965,8 @@ def train_many(
     resumes = list(resumes) if resumes is not None else [None] * len(cfgs)
     if len(resumes) != len(cfgs):
         raise ValueError(f"resumes has {len(resumes)} entries for {len(cfgs)} runs")
+    if stop_after is not None and stop_after < 0:
+        raise ConfigError(f"--stop-after must be 0 or more epochs, got {stop_after}")
     if len({id(m.teacher) for m in models}) != 1:
         raise ValueError("runs trained together must have the same teacher module (models[i].teacher)")
     _check_same_settings(cfgs)
@@ -992,8 +1030,9 @@ def _run_epochs(members: list[_Member], data: ImageDataset | Loaders, source: Te
             if not active:
                 continue
             records = _train_epoch(active, epoch, reporter, source)
+            save = _save_due(cfg, epoch + 1, stop_after is not None and epochs_run + 1 >= stop_after)
             for current, record in zip(active, records):
-                _end_epoch(current.parts, current.state, record)
+                _end_epoch(current.parts, current.state, record, save=save)
             if len(members) > 1:
                 _call(reporter, "end_epoch", _mean_record(records, epoch))
             epochs_run += 1
@@ -1016,7 +1055,8 @@ def _run_epochs(members: list[_Member], data: ImageDataset | Loaders, source: Te
         if not (world.distributed and dist.is_peer_failure(err)):
             raise
         dist.stop_listening()
-        raise dist.RunStopped(_stopped_message(err, current.parts.run_dir.path, world, current.state.epoch)) from None
+        raise dist.RunStopped(_stopped_message(err, current.parts.run_dir.path, world,
+                                                     current.state.saved_epoch)) from None
     return summaries
 
 
@@ -1032,6 +1072,9 @@ def _write_stopped_summary(parts: _Parts, state: _State, reason: str) -> None:
     """The summary of the epochs kept, marked incomplete with why the run stopped (best effort: the error
     being raised matters more than this file)."""
     try:
+        if state.unsaved_best is not None:  # the summary names that epoch as the best: best.pt holds it
+            parts.run_dir.save_best(state.unsaved_best[0], arch=parts.models.arch, meta=state.unsaved_best[1])
+            state.unsaved_best = None
         summary = _summary(parts, state)
         summary.complete = False
         summary.extra["stopped"] = reason

@@ -177,8 +177,8 @@ def _data_key(cfg: TrainConfig, data: ImageDataset) -> str:
 # Settings that do not change what a teacher learns (or, for the seed, not which teacher is good enough:
 # seeds of a student share one teacher); every other teacher setting is part of the store key.
 _NOT_IN_TEACHER_KEY = ("device", "amp", "seed", "data_seed", "teacher_cache", "deterministic", "channels_last",
-                       "compile", "tensorboard", "ema", "ema_decay", "tta", "teacher", "teacher_mode", "data",
-                       "train_subset", "test_subset", "val_split")
+                       "compile", "tensorboard", "save_every", "ema", "ema_decay", "tta", "teacher", "teacher_mode",
+                       "data", "train_subset", "test_subset", "val_split")
 
 
 def _teacher_key(teacher_cfg: TrainConfig) -> str:

@@ -260,13 +260,14 @@ def build_student(arch: Mapping[str, Any]) -> CifarResNet:
 
 def save_checkpoint(
     path: str | Path,
-    model: nn.Module,
+    model: nn.Module | Mapping[str, torch.Tensor],
     *,
     arch: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> Path:
-    """Write ``model``'s weights with its architecture (``student_arch`` for students) and metadata.
+    """Write ``model``'s weights (a module, or a state dict already taken) with its architecture
+    (``student_arch`` for students) and metadata.
 
     ``extra`` holds further weights-only-safe state (optimizer, schedule, EMA, RNG) for resuming.
     """
@@ -274,7 +275,8 @@ def save_checkpoint(
         if not isinstance(model, CifarResNet):
             raise TypeError("pass arch= for models that are not students")
         arch = student_arch(model)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    weights = model if isinstance(model, Mapping) else model.state_dict()
+    state = {k: v.detach().cpu() for k, v in weights.items()}
     obj = {"format": CHECKPOINT_FORMAT, "arch": dict(arch), "state_dict": state, "meta": dict(meta or {}), **extra}
     return atomic_save(obj, path)
 

@@ -106,9 +106,21 @@ def test_the_gpu_script_runs_its_check_profile_and_returns_two_files(cifar_subse
         names = tar.getnames()
     assert "compare.md" in names and "throughput.json" in names and "kd-warm/summary.json" in names
     assert not any(n.endswith(".pt") for n in names)
+    throughput = json.loads((work / "throughput.json").read_text())
+    assert throughput["fit_dataloader_img_s"] > 0 and throughput["distill_img_s"] > 0  # fit's DataLoader path ran
     again = script.main(args)
     assert again == 0  # a second call reuses every finished step
     assert {s["status"] for s in json.loads((out / "summary.json").read_text())["steps"]} <= {"reused", "done"}
+
+
+def test_the_gpu_profiles_measure_compile_against_the_cold_run(tmp_path: Path) -> None:
+    (script,) = import_benchmarks("gpu_day_one")
+    for name in ("day-one", "long"):
+        steps = {step: cmd for step, cmd, _ in script.steps(script.PROFILES[name], "data.tar.gz", tmp_path)}
+        cold, compiled = steps["kd-cold"], steps["kd-compile"]
+        assert [a for a in compiled if a not in cold] == ["--compile", str(tmp_path / "kd-compile")]
+        assert str(tmp_path / "kd-compile") in steps["compare"]
+    assert "kd-compile" not in [step for step, _, _ in script.steps(script.PROFILES["check"], "d", tmp_path)]
 
 
 @pytest.mark.slow

@@ -302,6 +302,86 @@ def test_last_pt_is_written_before_best_pt(capsys, cifar_subset_dir: Path, tmp_p
     assert (out / "best.pt").exists() and _epochs(out) == [1, 2]
 
 
+def _weights(path: Path, key: str = "state_dict") -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)[key]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_every_writes_last_pt_less_often_and_the_same_files(capsys, cifar_subset_dir: Path, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """``--save-every 2`` over 3 epochs writes last.pt after epochs 2 and 3 only; the best epoch (made the
+    first here) waits on the CPU and reaches best.pt, so the files equal those of a run that saved every epoch."""
+    import distill.engine as engine
+    import distill.rundir as rundir
+
+    real_eval, real_save = engine._evaluate_epoch, rundir.RunDir.save_last
+    saved: list[int] = []
+    evaluated: list[int] = []
+
+    def evaluate_epoch(parts):  # epoch 1 is the best, whatever the tiny net learns
+        out = real_eval(parts)
+        out["test_top1"] = 90.0 - 10 * len(evaluated)
+        evaluated.append(1)
+        return out
+
+    def save_last(self, *args, **kwargs):
+        saved.append(kwargs["meta"]["epoch"])
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_evaluate_epoch", evaluate_epoch)
+    monkeypatch.setattr(rundir.RunDir, "save_last", save_last)
+    runs = {}
+    for every in (1, 2):
+        saved.clear()
+        evaluated.clear()
+        runs[every] = tmp_path / f"every{every}"
+        code, _, err = _cli(capsys, "run", "--student", TINY, "--data", cifar_subset_dir, *FAST, "--epochs", "3",
+                            "--save-every", str(every), "--out", runs[every])
+        assert code == 0, err
+        assert saved == ([1, 2, 3] if every == 1 else [2, 3])
+    one, two = runs[1], runs[2]
+    assert torch.load(two / "best.pt", weights_only=True)["meta"]["epoch"] == 1
+    assert _same(_weights(one / "best.pt"), _weights(two / "best.pt"))
+    assert _same(_weights(one / LAST_CKPT), _weights(two / LAST_CKPT))
+    assert "best_state_dict" not in torch.load(two / LAST_CKPT, weights_only=True)  # best.pt holds it since epoch 2
+    assert _epochs(two) == [1, 2, 3]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["complete"] and summary["top1_best"] == 90.0
+
+
+def test_save_every_keeps_a_waiting_best_epoch_through_a_kill(capsys, cifar_subset_dir: Path, tmp_path: Path) -> None:
+    """Killed between last.pt and best.pt of epoch 2 under ``--save-every 2``: last.pt carries the best
+    epoch's weights, so the resume rewrites best.pt from it whichever epoch was the best."""
+    out = tmp_path / "every2"
+    args = ["run", "--student", TINY, "--data", cifar_subset_dir, *FAST, "--epochs", "3", "--save-every", "2",
+            "--out", out]
+    proc, _ = _start_parked(tmp_path, args, park_at_save=1, park_in="save_best")
+    _sigkill(proc)
+    last = torch.load(out / LAST_CKPT, weights_only=True)
+    assert last["meta"]["epoch"] == 2 and not (out / "best.pt").exists()
+    best_epoch = last["meta"]["best_epoch"]
+    held = last["best_state_dict"] if best_epoch == 1 else last["state_dict"]
+    code, stdout, err = _cli(capsys, "run", "--resume", out, "--stop-after", "0")
+    assert code == 0, err
+    assert "rewritten from last.pt" in stdout
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["meta"]["epoch"] == best_epoch and _same(best["state_dict"], held)
+
+
+def test_stop_after_writes_last_pt_whatever_save_every_says(capsys, cifar_subset_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stopped"
+    code, stdout, err = _cli(capsys, "run", "--student", TINY, "--data", cifar_subset_dir, *FAST, "--epochs", "3",
+                             "--save-every", "3", "--stop-after", "1", "--out", out)
+    assert code == 0, err
+    assert torch.load(out / LAST_CKPT, weights_only=True)["meta"]["epoch"] == 1
+    code, _, err = _cli(capsys, "run", "--resume", out)
+    assert code == 0, err
+    assert _epochs(out) == [1, 2, 3]
+
+
 # ------------------------------------------- 4. a full or read-only disk: one line, no partial file
 
 
