@@ -8,6 +8,7 @@
     distill eval runs/run-r4_3323-.../best.pt --data cifar10 [--report reports/r4_3323]
     distill compare runs/* [--sort top1] [--budget 5M] [--csv runs.csv] [--markdown runs.md] [--plot runs.png]
     distill export runs/run-r4_3323-... --onnx r4_3323.onnx [--torchscript r4_3323.ts] [--latency]
+    distill quantize runs/run-r4_3323-... [--calibration 512] [--max-drop 1]   (int8 ONNX, measured)
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from .launch import launch_rank
 from .cli_common import (NON_CONFIG, RichReporter, TimingProgress, add_train_args, config_from_args, decode_progress,
                          fmt, summary_table)
 from .config import DEVICES, TrainConfig
+from .quantize import METHODS as QUANTIZE_METHODS, SCHEMES as QUANTIZE_SCHEMES, QuantizeSettings
+
+QUANTIZE = QuantizeSettings()  # the library's defaults, shown and used by `distill quantize`
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="distill", description="Knowledge distillation of small image classifiers.")
@@ -74,6 +79,25 @@ def _parser() -> argparse.ArgumentParser:
                     help="auto: CPU, plus CUDA when present; cpu: CPU only; cuda: CPU and CUDA")
     ex.add_argument("--threads", type=int, default=None,
                     help="CPU threads for the latency measurement (default: torch's, one per core)")
+    qz = sub.add_parser("quantize", help="int8 ONNX of a run (onnxruntime static quantization), with its top-1 "
+                                         "and latency against fp32")
+    qz.add_argument("run", help="a run folder (distill run, teacher, sweep member or prune output)")
+    qz.add_argument("--out", default=None, metavar="FILE", help="the int8 file (default: RUN/model.int8.onnx)")
+    qz.add_argument("--calibration", type=int, default=QUANTIZE.calibration, metavar="N",
+                    help=f"training images that calibrate the activation ranges (default: {QUANTIZE.calibration})")
+    qz.add_argument("--method", choices=QUANTIZE_METHODS, default=QUANTIZE.method,
+                    help=f"how activation ranges are fitted (default: {QUANTIZE.method})")
+    qz.add_argument("--scheme", choices=QUANTIZE_SCHEMES, default=QUANTIZE.scheme,
+                    help="activations/weights: s8s8, u8s8, u8s8-7bit (7-bit weights: no saturation on CPUs "
+                         "without VNNI); auto: s8s8 on a CPU with VNNI, else u8s8-7bit (default: auto)")
+    qz.add_argument("--seed", type=int, default=QUANTIZE.seed, help="picks the calibration images (default: 0)")
+    qz.add_argument("--max-drop", type=float, default=QUANTIZE.max_drop, metavar="POINTS",
+                    help="refuse (and write nothing) when int8 top-1 is more than this many points below fp32 "
+                         f"(default: {QUANTIZE.max_drop:g})")
+    qz.add_argument("--test-subset", type=int, default=None, metavar="N",
+                    help="classify only N of the run's test images (default: all of them)")
+    qz.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime threads for evaluation and latency (default: onnxruntime's, one per core)")
     for command in sub.choices.values():  # -v also after the command: distill run ... -v
         if "-v" not in command._option_string_actions:
             command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -310,6 +334,8 @@ def _compare(args: argparse.Namespace) -> int:
     if not any(p.exists() for p in paths):
         raise UserError(f"no run directories matched {' '.join(args.runs)}; check the paths (e.g. runs/*)")
     rows = [compare.load_run(p) for p in paths]
+    if args.columns is None:
+        columns = compare.default_columns(rows)
     console.print(compare.compare_table(rows, args.sort, budget, columns=columns))
     try:
         if args.csv is not None:
@@ -320,7 +346,8 @@ def _compare(args: argparse.Namespace) -> int:
             console.print(f"wrote {args.markdown}", soft_wrap=True)
         if args.plot is not None:
             counts = compare.plot(rows, args.plot)
-            console.print(f"wrote {args.plot} ({counts['params']} runs against params, {counts['macs']} against MACs)",
+            console.print(f"wrote {args.plot} ({counts['params']} runs against params, {counts['macs']} against MACs"
+                          + (f", {counts['int8_ms']} against int8 latency" if counts.get("int8_ms") else "") + ")",
                           soft_wrap=True)
     except OSError as err:
         raise UserError(f"cannot write {err.filename}: {err.strerror}") from None
@@ -388,6 +415,52 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import quantize
+
+    settings = quantize.QuantizeSettings(calibration=args.calibration, method=args.method, scheme=args.scheme,
+                                         seed=args.seed, max_drop=args.max_drop, threads=args.threads,
+                                         test_subset=args.test_subset)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done)
+
+        record = quantize.quantize_run(args.run, settings, out=args.out, progress=progress,
+                                       load_data=_run_data, say=lambda line: console.print(line, soft_wrap=True))
+    console.print(_int8_table(record))
+    console.print(f"int8 model: {record['file']} ({record['size_bytes'] / 1e6:.2f} MB, fp32 "
+                  f"{record['fp32_size_bytes'] / 1e6:.2f} MB); recorded in {Path(args.run) / 'summary.json'}",
+                  soft_wrap=True)
+    return 0
+
+
+def _run_data(cfg: Any) -> Any:
+    from .pipeline import load_data
+
+    return load_data(cfg, decode_progress())
+
+
+def _int8_table(record: dict[str, Any]) -> Table:
+    threads = record["threads"] or "onnxruntime default"
+    table = Table(title=f"int8 ({record['scheme']}, {record['calibration']['images']} calibration images, "
+                        f"{record['calibration']['method']}) against fp32, onnxruntime on the CPU, threads {threads}")
+    for col in ("model", "top-1 %", *(f"batch {k.removeprefix('batch')} ms" for k in record["speedup"])):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name in ("fp32", "int8"):
+        lat = record["latency"][name]
+        table.add_row(name, f"{record[f'top1_{name}']:.2f}", *(f"{lat[f'{k}_ms']:.3f}" for k in record["speedup"]))
+    table.add_row("int8 vs fp32", f"{-record['drop_points']:+.2f}", *(f"{v:.2f}x speed" for v in
+                                                                       record["speedup"].values()))
+    return table
+
+
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -402,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _compare(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "quantize":
+        return _quantize(args)
     return _eval(args)
 
 

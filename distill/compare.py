@@ -37,6 +37,8 @@ __all__ = [
     "COLUMNS",
     "Column",
     "DEFAULT_COLUMNS",
+    "INT8_COLUMNS",
+    "default_columns",
     "IncompleteRun",
     "RunRow",
     "check_sort",
@@ -84,6 +86,18 @@ class RunRow:
     wall_s: float | None
     train_img_s: float | None
     latency_cpu_batch1_ms: float | None  # from ``distill export --latency``
+    int8: dict[str, Any] | None = None  # from ``distill quantize``: top1_int8, top1_fp32, speedup, latency
+
+    @property
+    def int8_top1(self) -> float | None:
+        return _figure(self.int8, "top1_int8")
+
+    def int8_ms(self, batch: int = 1) -> float | None:
+        """Milliseconds per call of the int8 ONNX file at ``batch`` (onnxruntime, CPU)."""
+        return _figure(_nested(_nested(self.int8 or {}, "latency"), "int8"), f"batch{batch}_ms")
+
+    def int8_speedup(self, batch: int = 64) -> float | None:
+        return _figure(_nested(self.int8 or {}, "speedup"), f"batch{batch}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,11 @@ def _str(mapping: dict[str, Any], key: str) -> str | None:
 def _nested(summary: dict[str, Any], key: str) -> dict[str, Any]:
     value = summary.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def _figure(mapping: dict[str, Any] | None, key: str) -> float | None:
+    value = (mapping or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _latency_ms(summary: dict[str, Any]) -> float | None:
@@ -200,6 +219,7 @@ def load_run(path: str | Path) -> RunRow | IncompleteRun:
             wall_s=_number(summary, "wall_s"),
             train_img_s=_number(summary, "train_img_s"),
             latency_cpu_batch1_ms=_latency_ms(summary),
+            int8=_nested(summary, "int8") or None,
         )
     except ValueError as err:
         return IncompleteRun(path, f"corrupt {SUMMARY_FILE}: {err}")
@@ -299,6 +319,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("wall_s", "wall s", lambda r: r.wall_s, _seconds, "min", True),
     Column("img_s", "img/s", lambda r: r.train_img_s, _fixed(0), "max", True),
     Column("latency_ms", "CPU ms", lambda r: r.latency_cpu_batch1_ms, _fixed(3), "min", True),
+    Column("int8_top1", "int8 %", lambda r: r.int8_top1, _pct, "max", True),
+    Column("int8_ms", "int8 ms", lambda r: r.int8_ms(1), _fixed(3), "min", True),
+    Column("int8_speedup", "int8 x", lambda r: r.int8_speedup(64), _fixed(2), "max", True),
 )
 _BUDGET = Column("budget", "budget", lambda r: None, _plain)  # filled per call: depends on --budget
 # Widest a text column gets in the terminal table (longer text wraps, a long spec folds), so that the default
@@ -309,6 +332,16 @@ SORT_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS) + ("budget",)
 # teacher, so these are 9 columns. The rest (EMA, TTA, mixing, speed, ...) with --columns or in the CSV.
 DEFAULT_COLUMNS: tuple[str, ...] = ("run", "model", "params", "macs", "top1", "teacher", "teacher_top1",
                                     "kd", "epochs", "latency_ms")
+
+
+INT8_COLUMNS: tuple[str, ...] = ("int8_top1", "int8_ms")
+
+
+def default_columns(rows: Iterable[Row]) -> tuple[str, ...]:
+    """:data:`DEFAULT_COLUMNS`, with the int8 top-1 and latency (instead of PyTorch's) when a run has them."""
+    if any(isinstance(r, RunRow) and r.int8 for r in rows):
+        return tuple(k for k in DEFAULT_COLUMNS if k != "latency_ms") + INT8_COLUMNS
+    return DEFAULT_COLUMNS
 
 
 def select_columns(text: str | None) -> tuple[str, ...]:
@@ -421,7 +454,9 @@ def compare_table(rows: Iterable[Row], sort: str | None = None, budget: int | No
         caption = "\n".join(["incomplete:"] + [f"  {r.path}: {r.reason}" for r in bad])
     table = Table(title=title or f"{len(runs)} run(s)" + (f", {len(bad)} incomplete" if bad else "")
                   + (f"; budget {budget:,} params" if budget is not None else "")
-                  + ("; CPU ms: PyTorch eager batch-1 latency (distill export --latency)" if "latency_ms" in shown else ""),
+                  + ("; CPU ms: PyTorch eager batch-1 latency (distill export --latency)" if "latency_ms" in shown else "")
+                  + ("; int8: distill quantize's top-1 and onnxruntime batch-1 ms" if shown & {"int8_top1", "int8_ms"}
+                     else ""),
                   caption=caption, caption_justify="left", caption_style="red",
                   # a caption wraps at the table's width: widen the table (up to the terminal's) for whole paths
                   min_width=max(len(line) for line in caption.splitlines()) if caption else None)
@@ -470,7 +505,8 @@ def to_csv(rows: Iterable[Row], sort: str | None = None, budget: int | None = No
     header = ["path", "run", "model", "kind", "pruned", "complete", "num_params", "macs", "top1_last_pct",
               "top1_best_pct", "top1_ema_pct", "top1_tta_pct", "teacher", "teacher_top1_pct", "kd_loss",
               "kd_temperature", "kd_weight", "mixup", "cutmix", "mix_prob", "epochs_done", "epochs", "wall_s",
-              "train_img_s", "latency_cpu_batch1_ms", "within_budget", "incomplete_reason"]
+              "train_img_s", "latency_cpu_batch1_ms", "int8_top1_pct", "int8_fp32_onnx_top1_pct", "int8_batch1_ms",
+              "int8_batch64_ms", "int8_batch256_ms", "int8_speedup_batch64", "within_budget", "incomplete_reason"]
     writer.writerow(header)
     for row in rows:
         if isinstance(row, IncompleteRun):
@@ -481,7 +517,8 @@ def to_csv(rows: Iterable[Row], sort: str | None = None, budget: int | None = No
                   row.macs, row.top1_last, row.top1_best, row.top1_ema, row.top1_tta, row.teacher,
                   row.teacher_top1, row.kd_loss, row.kd_temperature, row.kd_weight, row.mixup, row.cutmix,
                   row.mix_prob, row.epochs_done, row.epochs, row.wall_s, row.train_img_s,
-                  row.latency_cpu_batch1_ms, "" if within is None else within, ""]
+                  row.latency_cpu_batch1_ms, row.int8_top1, _figure(row.int8, "top1_fp32"), row.int8_ms(1),
+                  row.int8_ms(64), row.int8_ms(256), row.int8_speedup(64), "" if within is None else within, ""]
         writer.writerow(["" if v is None else v for v in values])
     return buffer.getvalue()
 
@@ -535,13 +572,19 @@ def plot(rows: Iterable[Row], path: str | Path) -> dict[str, int]:
 
     runs = [r for r in rows if isinstance(r, RunRow) and r.top1_last is not None]
     labels = dict(zip((id(r) for r in runs), _labels(runs)))
-    fig = Figure(figsize=(13, 5.5), layout="constrained")
-    axes = fig.subplots(1, 2)
+    top1 = ("top-1 % (last epoch)", lambda r: r.top1_last)
+    panels: list[tuple[str, str, Callable[[RunRow], float | None], tuple[str, Callable[[RunRow], Any]]]] = [
+        ("params", "parameters", lambda r: r.num_params, top1), ("macs", "MACs per image", lambda r: r.macs, top1)]
+    if any(r.int8_ms(1) is not None for r in runs):  # distill quantize measured some: the int8 model's own panel
+        panels.append(("int8_ms", "int8 ms per call at batch 1 (onnxruntime, CPU)", lambda r: r.int8_ms(1),
+                       ("int8 top-1 %", lambda r: r.int8_top1)))
+    fig = Figure(figsize=(6.5 * len(panels), 5.5), layout="constrained")
+    axes = fig.subplots(1, len(panels))
     counts: dict[str, int] = {}
-    for ax, key, xlabel in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per image")):
-        panel = [r for r in runs if (r.num_params if key == "params" else r.macs) is not None]
-        xs = [float(r.num_params if key == "params" else r.macs) for r in panel]
-        ys = [float(r.top1_last) for r in panel]
+    for ax, (key, xlabel, x_of, (ylabel, y_of)) in zip(axes, panels):
+        panel = [r for r in runs if x_of(r) is not None and y_of(r) is not None]
+        xs = [float(x_of(r)) for r in panel]
+        ys = [float(y_of(r)) for r in panel]
         counts[key] = len(panel)
         if not panel:
             ax.text(0.5, 0.5, "no runs with this figure", ha="center", va="center", transform=ax.transAxes)
@@ -557,10 +600,10 @@ def plot(rows: Iterable[Row], path: str | Path) -> dict[str, int]:
         if max(xs) > 20 * min(xs):  # sizes spanning orders of magnitude read better on a log axis
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("top-1 % (last epoch)")
+        ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle("top-1 against size")
+    fig.suptitle("top-1 against size" + (" and int8 latency" if len(panels) > 2 else ""))
     path = Path(path)
     buffer = io.BytesIO()  # rendered in memory, then written atomically: a full disk leaves no partial file
     fig.savefig(buffer, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
