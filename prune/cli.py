@@ -86,11 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N",
                      help=f"keep pruned channel counts multiples of N (default: {DEFAULT_ROUND_TO}; a layer already "
                           "under N stays whole). Rounding costs exactness: fewer sizes can be built, so on a "
-                          "small net a budget may have no size within 2%% under it (prune then names the nearest "
-                          "sizes) or be out of reach. --round-to 1 is exact, but at the same --ratio its odd widths "
+                          "small net a budget may have no size within 2%% under it (prune then takes the nearest "
+                          "size under it, or with --exact refuses) or be out of reach. --round-to 1 is exact, but at the same --ratio its odd widths "
                           "trained 1.9x slower per image on CPU than widths rounded to 8 "
                           "(benchmarks/prune_speed.py) and "
                           "crash oneDNN in channels-last, so they train in the slower contiguous format there")
+    how.add_argument("--exact", action="store_true",
+                     help="refuse a budget no size meets within 2%% (default: take the nearest size under it "
+                          "and say so)")
     how.add_argument("--max-layer-ratio", type=float, default=0.9,
                      help="no layer loses more than this fraction of its channels (default: 0.9)")
     how.add_argument("--sparse-epochs", type=int, default=0,
@@ -204,7 +207,7 @@ def _source_teacher_ckpt(ckpt_path: Path) -> str | None:
 
 
 _PRUNE_ONLY = {"source", "target_params", "target_macs", "ratio", "importance", "global_pruning", "iterative_steps",
-               "round_to", "max_layer_ratio", "sparse_epochs", "sparse_method", "sparse_reg"}
+               "round_to", "max_layer_ratio", "exact", "sparse_epochs", "sparse_method", "sparse_reg"}
 
 
 def _cost_table(title: str, before: students.CostReport, after: students.CostReport) -> Table:
@@ -234,6 +237,8 @@ def _flag_names(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         "round_to": lambda v: f"--round-to {v}",
         "max_layer_ratio": lambda v: f"--max-layer-ratio {v}",
         "global_pruning": lambda v: "--global",
+        "working": lambda v: f"--target-{kind} {v}",
+        "exact": lambda v: "--exact",
         "iterative_steps": lambda v: f"--iterative-steps {v}",
         "importance": lambda v: f"--importance {v}",
     }
@@ -274,7 +279,7 @@ def _run_pruning(args: argparse.Namespace, kind: str, target: float, model: torc
     try:
         settings = PruneSettings(importance=args.importance, global_pruning=args.global_pruning,
                                  iterative_steps=args.iterative_steps, round_to=args.round_to,
-                                 max_layer_ratio=args.max_layer_ratio)
+                                 max_layer_ratio=args.max_layer_ratio, exact=args.exact)
         with _PruneProgress() as progress:
             return prune_to_target(model, kind, target, settings, input_size=input_size, grad_fn=grad_fn,
                                    progress=progress)
@@ -290,7 +295,7 @@ def _check_args(args: argparse.Namespace) -> tuple[str, float, float | None]:
     try:
         PruneSettings(importance=args.importance, global_pruning=args.global_pruning,
                       iterative_steps=args.iterative_steps, round_to=args.round_to,
-                      max_layer_ratio=args.max_layer_ratio)
+                      max_layer_ratio=args.max_layer_ratio, exact=args.exact)
     except PruneError as err:
         raise UserError(err.render(_flag_names(args, kind))) from None
     if not 0 <= args.sparse_epochs <= MAX_EPOCHS:
@@ -400,7 +405,10 @@ def _report(args, kind: str, target: float, result: PruneResult, cost_before, co
         console.print(f"target {kind}: {_as_given(args, kind)} ({target:,.0f})  achieved: {result.after:,} "
                       f"({100.0 * (target - result.after) / target:.2f}% under the target)")
         measured = _measured(kind, cost_after)
-        if _missed(target, measured):
+        if result.note:
+            note = result.note_message.render(_flag_names(args, kind)) if result.note_message else result.note
+            console.print(f"[yellow]note: {note}; --exact refuses such a budget instead[/]", soft_wrap=True)
+        if _missed(target, measured) and not (result.note and measured == result.after):
             console.print(f"[yellow]warning: target missed: fvcore counts {measured:,} {kind} after pruning, "
                           f"{100.0 * (target - measured) / target:+.2f}% against the target (the search's own count "
                           f"was {result.after:,}); prune.json records the miss[/]")
@@ -435,6 +443,8 @@ def _record(args, ckpt_path: Path, kind: str, target: float, result: PruneResult
         "iterative_steps": args.iterative_steps,
         "round_to": args.round_to,
         "max_layer_ratio": args.max_layer_ratio,
+        "exact": args.exact,
+        "note": result.note_message.render(_flag_names(args, kind)) if result.note_message else result.note,
         "sparse_epochs": args.sparse_epochs,
         "prune_only": prune_only,
         "prune_seconds": round(result.seconds, 3),  # wall time of the search and the pruning itself

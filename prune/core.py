@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -81,12 +82,16 @@ class PruneSettings:
     iterative_steps: int = 1  # re-score and prune in this many steps on the way to the target
     round_to: int | None = None  # keep pruned channel counts multiples of this (8 suits oneDNN and tensor cores)
     max_layer_ratio: float = 0.9  # no layer loses more than this fraction of its channels
+    # A budget no plan meets within 2% (a gap between two buildable sizes, common with rounding on small nets):
+    # False (default) takes the largest size at or below it and says so; True refuses, naming the sizes
+    exact: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in (("iterative_steps", "a whole number"), ("round_to", "a whole number"),
-                           ("max_layer_ratio", "a number"), ("global_pruning", "true or false")):
+                           ("max_layer_ratio", "a number"), ("global_pruning", "true or false"),
+                           ("exact", "true or false")):
             value = getattr(self, name)
-            if name == "global_pruning":
+            if name in ("global_pruning", "exact"):
                 ok = isinstance(value, bool)
             else:
                 ok = (value is None and name == "round_to") or not isinstance(value, bool) and isinstance(
@@ -132,6 +137,8 @@ class PruneResult:
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     seconds: float = 0.0
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    note: str | None = None  # e.g. a budget with no size within 2% under it, and the size taken instead
+    note_message: PruneError | None = field(default=None, repr=False, compare=False)  # the note, renderable
 
     @property
     def ratio(self) -> float:
@@ -300,15 +307,22 @@ def _unreachable(planner: ChannelPlanner, job: _Job, kind: str, target: float, s
                       target=_fmt(kind, target), max_layer_ratio=s.max_layer_ratio)
 
 
-def _gap(job: _Job, kind: str, target: float, below: int, above: int | None) -> PruneError:
-    """No plan lands within the tolerance under ``target``: name the neighbours and what would help."""
-    s = job.settings
-    hints = (", or drop {global_pruning}" if s.global_pruning else ", or use {global_pruning}") + (
-        ", or lower {round_to}" if s.round_to and s.round_to > 1 else "")
+def _gap(kind: str, target: float, below: int, above: int | None) -> PruneError:
+    """``exact`` and no plan within the tolerance under ``target``: the nearest sizes, and a budget that works."""
     return PruneError("{target} cannot be met within " + f"{TOLERANCE:.0%}: the nearest achievable sizes are "
                       f"{below:,} (below) and " + (f"{above:,}" if above else "the unpruned size")
-                      + " (above); ask for one of those" + hints, target=_fmt(kind, target),
-                      global_pruning=True, round_to=s.round_to)
+                      + " (above); {working} is met exactly, or drop {exact} to take the size below",
+                      target=_fmt(kind, target), working=below, exact=True)
+
+
+def _shortfall_note(kind: str, target: float, got: int, above: int | None, s: PruneSettings) -> PruneError:
+    """What taking the largest size under an unreachable-within-2% budget means (a message, not raised; a
+    command line renders it with its own flag names)."""
+    rounded = s.round_to is not None and s.round_to > 1
+    return PruneError("{target} has no size within " + f"{TOLERANCE:.0%} under it" + (" with {round_to}" if rounded
+                      else "") + f": took the nearest below, {got:,} {kind} ({100 * (1 - got / target):.1f}% under; "
+                      "the next size up " + (f"is {above:,})" if above else "is the unpruned net)"),
+                      target=_fmt(kind, target), **({"round_to": s.round_to} if rounded else {}))
 
 
 def _start(model: nn.Module, settings: PruneSettings | None, input_size: tuple[int, int, int],
@@ -372,9 +386,13 @@ def prune_to_target(
         grad_fn: for ``importance="taylor"``: takes gradients of a loss on a batch, ``fn(model)``.
         progress: called as ``progress(phase, done, total)`` during importance and search passes.
 
+    A target in a gap no plan lands in within 2% (common with rounding on a small net) takes the largest
+    size under it, and ``result.note`` says so; with ``settings.exact`` it is refused instead (the message
+    gives the nearest sizes on both sides).
+
     Raises :class:`PruneError` (naming these arguments) when the target is not below the current size,
-    below what the per-layer ceiling or rounding allows (the model is then left untouched), or in a gap no
-    plan lands in within 2% (the message gives the nearest sizes on both sides).
+    below what the per-layer ceiling or rounding allows (the model is then left untouched), or, with
+    ``exact``, in a gap.
     """
     t0 = time.perf_counter()
     if kind not in TARGET_KINDS:
@@ -397,7 +415,7 @@ def prune_to_target(
         raise PruneError("{target} is not below the current " + f"{before:,} {kind}; choose a smaller target",
                          target=_fmt(kind, target))
     ratios: list[float] = []
-    above = None
+    above, note = None, None
     for k in range(1, s.iterative_steps + 1):
         # Iterative steps walk the budget down linearly; the last step lands on the target itself.
         step_target = before - (before - target) * k / s.iterative_steps
@@ -411,13 +429,19 @@ def prune_to_target(
         if plan is None:  # an intermediate budget out of reach: take the smallest plan, later steps go on
             plan = _plan(planner, s.global_pruning, _candidates(planner, s.global_pruning)[-1])
         if k == s.iterative_steps and planner.cost(plan)[kind] < target * (1 - TOLERANCE):
-            raise _gap(job, kind, target, planner.cost(plan)[kind], above)
+            got = planner.cost(plan)[kind]
+            if s.exact:
+                raise _gap(kind, target, got, above)
+            note = _shortfall_note(kind, target, got, above, s)
+            _logger.debug("%s", note.render())
         ratios.append(plan.removed_fraction(planner.groups))
         planner.apply(plan)
         _logger.info("pruning step %d/%d: removed %.1f%% of the remaining channels, %s now %s", k,
                      s.iterative_steps, 100 * ratios[-1], kind, f"{planner.cost(planner.identity())[kind]:,}")
     channels = job._planner.channels()
     result = _finish(job, kind, target, ratios, channels, t0, params_before, macs_before, input_size)
+    if note is not None:
+        result = dataclasses.replace(result, note=note.render(), note_message=note)
     if result.after > target:
         _logger.warning("the cost model was off: %s %s is over the target %s", kind, f"{result.after:,}",
                         f"{target:,.0f}")

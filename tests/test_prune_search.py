@@ -4,6 +4,7 @@ under global ranking, messages that name the caller's numbers, and the library o
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -363,12 +364,31 @@ def test_cli_messages_name_the_users_numbers(capsys, source_run: Path, tmp_path:
     assert code == 2 and "--target-params 2k is unreachable with --round-to 16" in err, err
     code, _, err = invoke(main, capsys, source_run, "--target-params", "1k", "--global", "--out", out)
     assert code == 2 and "--target-params 1k is unreachable with --max-layer-ratio 0.9" in err, err
-    code, _, err = invoke(main, capsys, source_run, "--target-params", "39k", "--global", "--out", out)
-    assert code == 2 and "--target-params 39k cannot be met within 2%" in err and "--round-to 8" in err, err
-    assert "or drop --global" in err, err  # per-layer ratios build other sizes
+    code, _, err = invoke(main, capsys, source_run, "--target-params", "39k", "--global", "--exact", "--out", out)
+    assert code == 2 and "--target-params 39k cannot be met within 2%" in err, err
+    assert "or drop --exact to take the size below" in err, err
     code, _, err = invoke(main, capsys, source_run, "--ratio", "0.5", "--iterative-steps", "0", "--out", out)
     assert code == 2 and "--iterative-steps 0 must be at least 1" in err, err
     assert not out.exists()
+
+
+def test_a_target_between_two_sizes_takes_the_lower_and_exact_names_one_that_works(capsys, source_run: Path,
+                                                                                     tmp_path: Path) -> None:
+    """A budget in a gap of the buildable sizes (rounding, global ranking): the nearest size under it, said in
+    a note and recorded; ``--exact`` refuses in one line naming a budget that is met, and that budget is met."""
+    args = [source_run, "--target-params", "39k", "--global", "--finetune-epochs", "0"]
+    code, stdout, err = invoke(main, capsys, *args, "--out", tmp_path / "lower")
+    assert code == 0, err
+    record = json.loads((tmp_path / "lower" / "prune.json").read_text())
+    assert record["params_after"] < 0.98 * 39_000 and record["note"].startswith("--target-params 39k has no size")
+    assert "note: --target-params 39k has no size within 2% under it" in stdout and "target missed" not in stdout
+    code, _, err = invoke(main, capsys, *args, "--exact", "--out", tmp_path / "refused")
+    working = re.search(r"(--target-params [0-9]+) is met exactly", err).group(1).split()
+    assert code == 2 and int(working[1]) == record["params_after"] and not (tmp_path / "refused").exists()
+    code, stdout, err = invoke(main, capsys, source_run, *working, "--global", "--exact", "--finetune-epochs", "0",
+                               "--out", tmp_path / "working")
+    assert code == 0, err
+    assert json.loads((tmp_path / "working" / "prune.json").read_text())["params_after"] == int(working[1])
 
 
 def test_pruned_checkpoint_loads_through_timm(tmp_path: Path) -> None:
