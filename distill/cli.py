@@ -371,6 +371,15 @@ def _latency_table(latency: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+def _checked(path: Path, check: Any) -> float:
+    """``check()``'s parity figure; a file that fails its check is removed, not left where it was asked for."""
+    try:
+        return check()
+    except UserError as err:
+        path.unlink(missing_ok=True)
+        raise UserError(f"{err}; {path} was removed") from None
+
+
 def _export(args: argparse.Namespace) -> int:
     import torch
 
@@ -391,12 +400,12 @@ def _export(args: argparse.Namespace) -> int:
     shape = "x".join(str(s) for s in item.input_shape)
     if args.onnx:
         path = export.export_onnx(item.model, args.onnx, item.input_shape)
-        diff = export.check_onnx(path, item.model, item.input_shape)
+        diff = _checked(path, lambda: export.check_onnx(path, item.model, item.input_shape))
         console.print(f"ONNX: {path} ({_file_size(path)}, opset {export.ONNX_OPSET}, input "
                       f"images N x {shape}); onnxruntime vs PyTorch: max abs diff {diff:.2e}", soft_wrap=True)
     if args.torchscript:
         path = export.export_torchscript(item.model, args.torchscript, item.input_shape)
-        diff = export.check_torchscript(path, item.model, item.input_shape)
+        diff = _checked(path, lambda: export.check_torchscript(path, item.model, item.input_shape))
         console.print(f"TorchScript: {path} ({_file_size(path)}); reloaded vs PyTorch: "
                       f"max abs diff {diff:.2e}", soft_wrap=True)
     if args.latency:

@@ -67,6 +67,37 @@ def test_parity_check_catches_a_different_model(tmp_path: Path) -> None:
         check_onnx(path, b, (3, 32, 32))
 
 
+def test_parity_is_judged_at_the_logits_scale(tmp_path: Path) -> None:
+    """Logits of order 1e5 (an undertrained net) differ by fp32 rounding alone by more than the absolute bound;
+    relative to their scale the export is faithful, and a really different model is still caught."""
+    torch.manual_seed(0)
+    a = students.create(STUDENT).eval()
+    with torch.no_grad():
+        for m in a.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(1e6)
+    path = export_onnx(a, tmp_path / "big.onnx", (3, 32, 32))
+    with torch.no_grad():
+        assert a(torch.randn(5, 3, 32, 32)).abs().max() > 1e4
+    assert check_onnx(path, a, (3, 32, 32)) >= 0.0
+    b = students.create(STUDENT).eval()
+    with pytest.raises(ExportError, match=r"largest \|logit\|"):
+        check_onnx(path, b, (3, 32, 32))
+
+
+def test_a_file_that_fails_its_check_is_removed(capsys, run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import distill.export as export
+
+    def unfaithful(*args, **kwargs):
+        raise ExportError("ONNX output differs from PyTorch by 3 (tolerance 0.001)")
+
+    monkeypatch.setattr(export, "check_onnx", unfaithful)
+    target = tmp_path / "refused.onnx"
+    code, _, err = _cli(capsys, "export", run_dir, "--onnx", target)
+    assert_one_line_error(code, err, f"differs from PyTorch by 3 (tolerance 0.001); {target} was removed")
+    assert not target.exists()
+
+
 def test_latency_is_recorded_in_the_run_and_shown_by_compare(capsys, run_dir: Path) -> None:
     before = json.loads((run_dir / "summary.json").read_text())
     code, out, err = _cli(capsys, "export", run_dir, "--latency", "--device", "cpu", "--threads", "1")
