@@ -31,7 +31,7 @@ from students.common.sizes import parse_count
 from .launch import launch_rank
 from .cli_common import (NON_CONFIG, RichReporter, TimingProgress, add_train_args, config_from_args, decode_progress,
                          fmt, summary_table)
-from .config import DEVICES, TrainConfig
+from .config import DEVICES, TrainConfig, data_name
 from .quantize import METHODS as QUANTIZE_METHODS, SCHEMES as QUANTIZE_SCHEMES, QuantizeSettings
 
 QUANTIZE = QuantizeSettings()  # the library's defaults, shown and used by `distill quantize`
@@ -276,7 +276,7 @@ def _run_config(ckpt: dict[str, Any]) -> TrainConfig | None:
         cfg = TrainConfig.from_dict(recorded)
     except UserError:
         return None
-    return cfg if cfg.data in ("cifar10", "cifar100") or os.path.exists(cfg.data) else None
+    return cfg if data_name(cfg.data) or os.path.exists(cfg.data) else None
 
 
 def _check_writable(path: str | Path, flag: str) -> Path:

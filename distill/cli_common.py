@@ -64,6 +64,8 @@ def add_train_args(p: argparse.ArgumentParser, kind: str) -> None:
                 action.help = re.sub(r"^default: .*$", "default: the source run's", action.help)
             if action.dest == "epochs":
                 action.help = "the same as --finetune-epochs (default: the source run's epochs; 0 prunes only)"
+            if action.dest == "out":  # a new folder: the source run is never written
+                action.help = "the pruned run's folder, a new one (default: runs/pruned-<model>-<time>)"
     if kind in ("run", "teacher"):
         p.add_argument("--extend", action="store_true",
                        help="with --resume and a larger --epochs: reopen a finished run for more epochs (its schedule "

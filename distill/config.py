@@ -65,6 +65,30 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "eval_every": (1, MAX_EPOCHS), "save_every": (1, MAX_EPOCHS),
 }
 MAX_MILESTONES = 1000
+DATASET_NAMES = ("cifar10", "cifar100")  # torchvision's datasets, by name; anything else is a path
+
+
+def data_name(spec: str) -> str | None:
+    """The dataset ``spec`` names (``cifar10``, ``CIFAR-10``, ``cifar100``), or None when it is a path.
+
+    A name is a name even where a folder of that name exists: ``--data cifar10`` never silently reads a
+    ``./cifar10`` folder of the working directory; a folder is given as a path (``./cifar10``)."""
+    text = str(spec).strip()
+    if "/" in text or "\\" in text or text.startswith("~") or text.startswith("."):
+        return None
+    name = text.lower().replace("-", "")
+    return name if name in DATASET_NAMES else None
+
+
+def resolve_data(spec: str) -> str:
+    """What a run records as its data: a dataset's name, or the absolute path of an existing folder or
+    archive (so a config read back elsewhere finds the same files, or says they are missing); anything else
+    as given (a path that does not exist is refused when loaded; a Python dataset's description is a record)."""
+    name = data_name(spec)
+    if name is not None:
+        return name
+    path = Path(str(spec).strip()).expanduser()
+    return str(path.absolute()) if str(spec).strip() and path.exists() else str(spec)
 
 
 def _field_kinds() -> dict[str, tuple[str, bool]]:
@@ -338,6 +362,7 @@ class TrainConfig:
             raise ConfigError(f"--ema-decay must be between 0 and 1, got {self.ema_decay}")
         if not str(self.data).strip():
             raise ConfigError("--data is empty; name the data: cifar10, cifar100, or a folder or .tar.gz of images")
+        object.__setattr__(self, "data", resolve_data(self.data))
         for name in ("train_subset", "test_subset", "num_classes"):
             value = getattr(self, name)
             if value is not None and value < 1:  # 0 would silently mean "all images"

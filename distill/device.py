@@ -49,7 +49,8 @@ def git_commit() -> str:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
 
 
 # bf16 autocast runs on CUDA only: on a CPU it is slower than fp32 for these convolutions. The tests switch it on

@@ -1151,7 +1151,7 @@ def _summary(parts: _Parts, state: _State) -> Summary:
         top1_tta=tta_top1, eval_set=parts.data.eval_set, teacher=cfg.teacher if cfg.uses_teacher else None,
         teacher_top1=state.teacher_top1 if cfg.uses_teacher else None,
         kd={"loss": cfg.kd_loss, "temperature": loss_fn.temperature, "kd_weight": loss_fn.kd_weight,
-            "ce_weight": loss_fn.ce_weight, **({"feat_weight": loss_fn.feat_weight} if isinstance(
+            "ce_weight": round(loss_fn.ce_weight, 12), **({"feat_weight": loss_fn.feat_weight} if isinstance(
                 loss_fn, FeatureKD) else {})} if cfg.uses_teacher else None,
         mixing={"mixup": cfg.mixup, "cutmix": cfg.cutmix, "prob": cfg.mix_prob},
         train_img_s=float(np.median(train_rates)) if train_rates else None, wall_s=state.elapsed(),

@@ -164,7 +164,7 @@ def _is_student_name(name: str) -> bool:
 
 def _data_key(cfg: TrainConfig, data: ImageDataset) -> str:
     ident = {
-        "data": os.path.abspath(cfg.data) if os.path.exists(cfg.data) else cfg.data,
+        "data": cfg.data,  # a name, or an absolute path (TrainConfig resolves it)
         "train_subset": cfg.train_subset,
         "test_subset": cfg.test_subset,
         "val_split": cfg.val_split,

@@ -174,7 +174,8 @@ class RunPlan:
             f"  device    {self.device}",
             f"  data      {self.data}: {self.train_images:,} train / {self.test_images:,} test images, "
             f"{self.num_classes} classes, {self.image_size}x{self.image_size} px",
-            f"  {what:<9} {self.model}: {self.num_params:,} params{macs}, {self.epochs} epochs",
+            f"  {what:<9} {self.model}: {self.num_params:,} params{macs}, {self.epochs} epoch"
+            + ("s" if self.epochs != 1 else ""),
         ]
         lines += self._teacher_lines()
         return lines + [f"  note      {note}" for note in self.notes]

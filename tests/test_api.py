@@ -28,7 +28,7 @@ def test_readme_example_runs_on_custom_modules(cifar_subset_dir: Path, tmp_path:
     code = _readme_example()
     assert len([line for line in code.splitlines() if line.strip()]) <= 15
     out = tmp_path / "runs" / "tiny-student"  # parents are created by fit
-    code = (code.replace('"cifar10/', f'"{cifar_subset_dir}/').replace('"runs/tiny-student"', repr(str(out))))
+    code = (code.replace('"data/cifar10-jpeg/', f'"{cifar_subset_dir}/').replace('"runs/tiny-student"', repr(str(out))))
     torch.manual_seed(0)
     scope: dict = {}
     exec(compile(code, str(README), "exec"), scope)

@@ -684,3 +684,22 @@ def test_cuda_batches_match_cpu_batches() -> None:
     gpu = _collect(DeviceLoader(images, labels, device="cuda", **options))
     assert gpu[0].device.type == "cuda"
     assert torch.equal(cpu[1], gpu[1].cpu()) and torch.allclose(cpu[0], gpu[0].cpu(), atol=1e-5)
+
+
+def test_a_name_is_a_name_and_a_path_is_a_path(cifar_subset_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A ``./cifar10`` folder in the working directory does not change what ``cifar10`` means (torchvision's
+    CIFAR-10, not cached here, so refused without a download); the folder is read when given as a path, and a
+    config records the path absolute, so it finds the same files from anywhere."""
+    from distill.config import TrainConfig
+
+    shutil.copytree(cifar_subset_dir, tmp_path / "cifar10")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="CIFAR-10"):
+        load_dataset("cifar10", cache_dir=tmp_path / "cache", download=False)
+    folder = load_dataset("./cifar10", cache_dir=tmp_path / "cache")
+    assert folder.train_labels.numel() == 300 and str(tmp_path / "cifar10") in folder.source
+    assert TrainConfig(data="cifar10").data == "cifar10" and TrainConfig(data="CIFAR-10").data == "cifar10"
+    assert TrainConfig(data="./cifar10").data == str(tmp_path / "cifar10")
+    monkeypatch.chdir(cifar_subset_dir)  # elsewhere, the recorded config still names the same folder
+    recorded = TrainConfig(data=str(tmp_path / "cifar10")).to_dict()
+    assert TrainConfig.from_dict(recorded).data == str(tmp_path / "cifar10")

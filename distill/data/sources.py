@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from ..config import data_name
 from .archive import build_from_archive
 from .cache import default_cache_dir, load_cached
 from .cifar import build_from_pickle_folder
@@ -67,8 +68,11 @@ def load_dataset(
     if image_size < 1:
         raise DataError(f"image_size must be a positive number of pixels, got {image_size}")
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    name = str(spec).strip().lower().replace("-", "")
-    if name in _TORCHVISION_SETS and not Path(spec).exists():
+    name = data_name(str(spec))
+    if name is not None:
+        if Path(str(spec).strip()).exists():
+            _logger.info("%s means torchvision's %s; the folder ./%s here is not read (pass ./%s to use it)",
+                         spec, _TORCHVISION_SETS[name].title, str(spec).strip(), str(spec).strip())
         return _load_torchvision(
             name, image_size=image_size, cache_root=cache_root, download=download, progress=progress
         )
