@@ -215,6 +215,10 @@ def config_from_args(args: argparse.Namespace, kind: str) -> TrainConfig:
             raise UserError(f"--milestones {given['milestones']!r}: write comma-separated numbers, e.g. 100,150") from None
     settings.update(given)
     settings["kind"] = kind
+    if kind == "run" and settings.get("teacher_ckpt") and not settings.get("teacher"):
+        from .rundir import checkpoint_model_name  # --teacher-ckpt alone: the checkpoint names its model
+
+        settings["teacher"] = checkpoint_model_name(settings["teacher_ckpt"])
     if kind == "run" and "teacher" not in settings:
         settings["teacher"] = None
     if "milestones" in settings:

@@ -216,6 +216,17 @@ def find_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def checkpoint_model_name(path: str | Path) -> str:
+    """The model a checkpoint (or a run folder's best one) holds, as ``--teacher`` names it: the student
+    spec or timm name its architecture records. :class:`CheckpointError` for a file that records none."""
+    ckpt_path = find_checkpoint(path)
+    arch = load_file(ckpt_path).get("arch")
+    name = (arch.get("name") or arch.get("spec")) if isinstance(arch, dict) else None
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{ckpt_path} does not record its model's name; pass --teacher NAME with it")
+    return name
+
+
 def is_complete(run_dir: str | Path) -> bool:
     """True when ``run_dir`` holds a readable summary of a run that finished every epoch."""
     try:

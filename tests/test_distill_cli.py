@@ -129,11 +129,19 @@ def test_bad_input_gets_one_line_and_exit_2(capsys, cifar_subset_dir: Path, teac
     code, _, err = _cli(capsys, "run", "--teacher", TINY_TEACHER, "--teacher-ckpt", other, "--student",
                         TINY_STUDENT, *data, "--out", tmp_path / "x")
     assert_one_line_error(code, err, "3 classes")
+    # --teacher-ckpt alone: the checkpoint names its model; one that is damaged is refused by name.
+    code, _, err = _cli(capsys, "run", "--teacher-ckpt", teacher_run, "--student", TINY_STUDENT, *data,
+                        "--batch-size", "50", "--out", tmp_path / "ckpt-alone")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ckpt-alone" / "config.json").read_text())["teacher"] == TINY_TEACHER
     # A truncated checkpoint.
     broken = tmp_path / "broken.pt"
     broken.write_bytes((teacher_run / "best.pt").read_bytes()[:300])
     code, _, err = _cli(capsys, "run", "--teacher", TINY_TEACHER, "--teacher-ckpt", broken, "--student",
                         TINY_STUDENT, *data, "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "corrupt")
+    code, _, err = _cli(capsys, "run", "--teacher-ckpt", broken, "--student", TINY_STUDENT, *data, "--out",
+                        tmp_path / "x")
     assert_one_line_error(code, err, "corrupt")
     code, _, err = _cli(capsys, "eval", broken, "--data", cifar_subset_dir)
     assert_one_line_error(code, err, "corrupt")
