@@ -23,12 +23,12 @@ from typing import Any
 
 from rich.table import Table
 
-from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
+from students.common.console import ArgumentParser, cli_entry, console, resumable, run as run_main, setup_logging
 from students.common.errors import UserError
 from students.common.files import atomic_write_text
 from students.common.sizes import parse_count
 
-from .launch import launch_rank
+from .launch import launch_rank, launch_world_size
 from .cli_common import (NON_CONFIG, RichReporter, TimingProgress, add_train_args, config_from_args, decode_progress,
                          fmt, summary_table)
 from .config import DEVICES, TrainConfig, data_name
@@ -134,7 +134,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from . import compare
     from .sweep import run_sweep
 
-    with RichReporter("sweep") as reporter:
+    with resumable(f"distill sweep --resume {root}", sigterm=launch_world_size() == 1), \
+            RichReporter("sweep") as reporter:
         summaries = run_sweep(cfg, students, root, resume=bool(args.resume), reporter=reporter,
                               progress=decode_progress(), stop_after=args.stop_after,
                               make_reporter=lambda label: reporter)
@@ -159,7 +160,8 @@ def _train(args: argparse.Namespace, kind: str) -> int:
                          if k not in NON_CONFIG and k not in ("epochs", "device", "extend"))
         if ignored:
             console.print(f"[yellow]--resume uses the run's saved settings; ignoring {', '.join(ignored)}[/]")
-        with RichReporter(kind) as reporter:
+        with resumable(f"distill {kind} --resume {args.resume}", sigterm=launch_world_size() == 1), \
+                RichReporter(kind) as reporter:
             summary = run_training(TrainConfig(), Path(args.resume), resume=True, reporter=reporter,
                                    progress=decode_progress(), stop_after=args.stop_after,
                                    make_reporter=lambda label: reporter, epochs_override=getattr(args, "epochs", None),
@@ -184,7 +186,8 @@ def _train(args: argparse.Namespace, kind: str) -> int:
     if args.dry_run:
         console.print("dry run: nothing was trained or written")
         return 0
-    with RichReporter(kind) as reporter:
+    with resumable(f"distill {kind} --resume {run_dir}", sigterm=launch_world_size() == 1), \
+            RichReporter(kind) as reporter:
         summary = run_training(cfg, run_dir, reporter=reporter, progress=decode_progress(), stop_after=args.stop_after,
                                make_reporter=lambda label: reporter, data=data, plan=plan)
     console.print(summary_table(summary, run_dir))

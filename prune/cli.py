@@ -23,9 +23,9 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distill.cli_common import NON_CONFIG, RichReporter, add_train_args, decode_progress, summary_table
-from distill.launch import launch_rank
+from distill.launch import launch_rank, launch_world_size
 from distill.config import MAX_EPOCHS
-from students.common.console import ArgumentParser, cli_entry, console, run as run_main, setup_logging
+from students.common.console import ArgumentParser, cli_entry, console, resumable, run as run_main, setup_logging
 from students.common.errors import UserError
 from students.common.sizes import format_count, parse_count
 
@@ -493,7 +493,7 @@ def _sparse_stage(args, cfg: TrainConfig, model, out: Path, source_arch: dict[st
 
 def _finetune(cfg: TrainConfig | None, out: Path, *, resume: bool, stop_after: int | None) -> int:
     record = json.loads((out / PRUNE_RECORD).read_text())
-    with RichReporter("fine-tune") as reporter:
+    with resumable(f"prune --resume {out}", sigterm=launch_world_size() == 1), RichReporter("fine-tune") as reporter:
         summary = run_training(cfg or TrainConfig(), out, resume=resume, reporter=reporter, stop_after=stop_after,
                                make_reporter=lambda label: reporter, may_train_teacher=False)
     console.print(summary_table(summary, out))

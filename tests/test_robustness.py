@@ -382,6 +382,23 @@ def test_stop_after_writes_last_pt_whatever_save_every_says(capsys, cifar_subset
     assert _epochs(out) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_interrupt_and_terminate_print_the_command_that_continues(capsys, cifar_subset_dir: Path, tmp_path: Path,
+                                                                   sig, code: int, said: str) -> None:
+    out = tmp_path / "stopped"
+    proc, marker = _start_parked(tmp_path, ["run", "--student", TINY, "--data", cifar_subset_dir, *FAST, "--out", out],
+                                 park_at_save=2)  # parked inside training, epoch 2's checkpoint write
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    log = marker.with_suffix(".log").read_text()
+    assert f"{said}; continue with: distill run --resume {out}" in log and "Traceback" not in log
+    assert torch.load(out / LAST_CKPT, weights_only=True)["meta"]["epoch"] == 1
+    code, _, err = _cli(capsys, "run", "--resume", out)  # the command it printed
+    assert code == 0, err
+    assert _epochs(out) == [1, 2]
+
+
 # ------------------------------------------- 4. a full or read-only disk: one line, no partial file
 
 

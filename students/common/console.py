@@ -6,11 +6,15 @@ Only CLI modules import this; library code logs through ``logging`` and raises :
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -52,6 +56,42 @@ def setup_logging(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during work that can be continued: the message says how."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it stops as Ctrl-C does (files whole, the lock released)."""
+
+
+@contextlib.contextmanager
+def resumable(command: str, *, sigterm: bool = True) -> Iterator[None]:
+    """Around a run's training: Ctrl-C (SIGINT) and SIGTERM stop it with one line naming ``command``, the
+    exact command that continues it (exit 130 and 143). ``sigterm`` False leaves SIGTERM alone (under
+    torchrun, which stops workers with it, :mod:`distill.dist` handles it); in a thread other than the main
+    one no handler can be set."""
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    install = sigterm and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if install else None
+    try:
+        yield
+    except _Terminated:
+        raise Interrupted(f"terminated (SIGTERM); continue with: {command}", exit_code=143) from None
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; continue with: {command}") from None
+    finally:
+        if install:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Sequence[str] | None], int]:
     """Wrap a CLI ``main(argv)`` so bad input prints one clear line and exits 2, never a traceback."""
 
@@ -62,9 +102,9 @@ def cli_entry(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[S
         except UserError as err:
             err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
             return getattr(err, "exit_code", EXIT_USAGE)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            return 130
+        except KeyboardInterrupt as err:
+            err_console.print(f"[yellow]{escape(str(err)) or 'interrupted'}[/]", soft_wrap=True)
+            return getattr(err, "exit_code", 130)
 
     return wrapper
 
