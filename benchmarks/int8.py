@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -42,6 +43,8 @@ def _copy_run(source: Path, dest: Path) -> Path:
 
 
 def _prune(kd_run: Path, rounding: int, work: Path, finetune_epochs: int) -> Path:
+    """Half the MACs at ``rounding``; where that rounding cannot get so low (round-to 16 keeps a 16-channel
+    stage whole), the smallest size it can build, as prune's refusal names it."""
     out = work / f"{kd_run.name}-pruned-r{rounding}"
     if (out / "summary.json").exists() and json.loads((out / "summary.json").read_text()).get("complete"):
         return out
@@ -49,8 +52,18 @@ def _prune(kd_run: Path, rounding: int, work: Path, finetune_epochs: int) -> Pat
            "--finetune-epochs", str(finetune_epochs), "--out", str(out)]
     if (out / "last.pt").exists():
         cmd = [sys.executable, "-m", "prune", "--resume", str(out)]
+    log = work / f"{out.name}.log"
     print(f"[{datetime.datetime.now():%H:%M:%S}] {' '.join(cmd)}", flush=True)
-    run_command(cmd, work / f"{out.name}.log")
+    try:
+        run_command(cmd, log)
+    except SystemExit:
+        smallest = re.search(r"the smallest size with that rounding is ([0-9,]+) macs", log.read_text())
+        if smallest is None:
+            raise
+        cmd[cmd.index("50%")] = smallest.group(1).replace(",", "")
+        print(f"[{datetime.datetime.now():%H:%M:%S}] 50% is out of reach at round-to {rounding}: {' '.join(cmd)}",
+              flush=True)
+        run_command(cmd, log.with_name(log.stem + "-smallest.log"))
     return out
 
 
@@ -122,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                [(k, r) for k in kd for r in ROUNDINGS]))
     os.environ.pop("OMP_NUM_THREADS", None)  # quantization and its timing: the whole machine
     models = [(f"78k KD student (seed {i})", k) for i, k in enumerate(kd)]
-    models += [(f"78k KD, 50% MACs, round-to {r} (seed {i})", p)
+    models += [(f"78k KD pruned, round-to {r} (seed {i})", p)
                for (i, r), p in zip([(i, r) for i in range(len(kd)) for r in ROUNDINGS], pruned)]
     if args.teacher:
         models.append(("308k teacher", _copy_run(Path(args.teacher), args.work / Path(args.teacher).name)))

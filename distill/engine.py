@@ -68,6 +68,7 @@ __all__ = [
     "predict",
     "evaluate",
     "train_one_epoch",
+    "teacher_warning",
     "build_train_loss",
     "Trainee",
     "student_step",
@@ -763,7 +764,23 @@ def _start(parts: _Parts, resume: dict[str, Any] | None, source: TeacherOutputs 
         state.teacher_top1 = source.teacher_top1(measure, key) if source is not None else measure()
     parts.reporter.message(f"teacher {parts.cfg.teacher}: top-1 {state.teacher_top1:.2f}% on the "
                            f"{parts.data.eval_set}")
+    if resume is None and (warning := teacher_warning(state.teacher_top1, parts.data.num_classes)):
+        parts.reporter.message(warning)
     return state
+
+
+NEAR_CHANCE = 2.0  # a teacher under this many times chance top-1 is "near chance"
+
+
+def teacher_warning(teacher_top1: float, num_classes: int) -> str | None:
+    """A plain warning for a teacher whose test top-1 is near chance (under :data:`NEAR_CHANCE` times
+    ``100 / num_classes``): distilling it teaches the student little but the teacher's confusion."""
+    chance = 100.0 / num_classes
+    if teacher_top1 >= NEAR_CHANCE * chance:
+        return None
+    return (f"warning: the teacher's top-1 ({teacher_top1:.2f}%) is near chance ({chance:.0f}% with {num_classes} "
+            "classes): its outputs carry little to distil. Train it longer (--teacher-epochs, or `distill teacher` "
+            "with more --epochs) or check --teacher-ckpt; a student alone does better than one distilled from it")
 
 
 def _train_epoch(members: Sequence[_Member], epoch: int, reporter: Any, source: TeacherOutputs | None

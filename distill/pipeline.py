@@ -12,6 +12,7 @@ is trained first with the same engine and its recipe (:mod:`distill.recipes`), a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -399,6 +400,10 @@ def plan_run(cfg: TrainConfig, data: ImageDataset, *, store_root: str | Path | N
     teacher_net, teacher = None, None
     if cfg.uses_teacher:
         teacher, teacher_net = _teacher_plan(cfg, data, store_root)
+        if cfg.kd_loss in FEATURE_KD_NAMES:  # a teacher without stage maps is refused now, not after its training
+            from .engine import build_train_loss
+
+            build_train_loss(cfg, copy.deepcopy(model), teacher_net)  # probes both in eval mode, one image
     plan = RunPlan(
         kind=cfg.kind, device=device_name(device), device_type=device.type, data=_data_line(cfg),
         train_images=data.train_labels.numel(), test_images=data.test_labels.numel(), num_classes=data.num_classes,

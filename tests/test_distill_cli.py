@@ -292,3 +292,26 @@ def test_teacher_recipe_is_named_and_follows_the_students_data_and_budget() -> N
     own = teacher_config(student.replace(teacher_epochs=3, teacher_lr=0.05))  # --teacher-epochs, --teacher-lr
     assert (own.epochs, own.lr) == (3, 0.05)
     assert set(TEACHER_RECIPES) == {"teacher-default"}
+
+
+def test_a_teacher_near_chance_is_named_at_once(capsys, cifar_subset_dir: Path, tmp_path: Path) -> None:
+    from distill.engine import teacher_warning
+
+    assert teacher_warning(19.9, 10) and teacher_warning(20.0, 10) is None and teacher_warning(1.5, 100)
+    untrained = tmp_path / "untrained.pt"
+    torch.manual_seed(0)
+    students.save_checkpoint(untrained, students.create(TINY_TEACHER))
+    code, out, err = _cli(capsys, "run", "--teacher-ckpt", untrained, "--student", TINY_STUDENT, "--data",
+                          cifar_subset_dir, *COMMON, "--epochs", "1", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "is near chance (10% with 10 classes)" in out
+    assert out.index("is near chance") < out.index("epoch 1")  # said before the first epoch, not after it
+
+
+def test_a_feature_method_the_teacher_cannot_serve_is_refused_in_the_plan(capsys, cifar_subset_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """A ViT has no stage maps: ``kd+at`` is refused while planning, before a teacher would be trained."""
+    code, out, err = _cli(capsys, "run", "--teacher", "vit_tiny_patch16_224", "--student", TINY_STUDENT,
+                          "--kd-loss", "kd+at", "--data", cifar_subset_dir, *COMMON, "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "teacher vit_tiny_patch16_224 gives no stage features")
+    assert "teacher training" not in out and not (tmp_path / "x").exists()
