@@ -333,12 +333,14 @@ def _compare(args: argparse.Namespace) -> int:
         raise UserError(f"--plot {args.plot}: name a .png (or .svg, .pdf) file")
     if not args.runs:
         raise UserError("no run directories given; pass one or more, e.g. distill compare runs/*")
-    paths = _expand_runs(args.runs)
+    paths = compare.expand_sweeps(_expand_runs(args.runs))
     if not any(p.exists() for p in paths):
         raise UserError(f"no run directories matched {' '.join(args.runs)}; check the paths (e.g. runs/*)")
     rows = [compare.load_run(p) for p in paths]
-    if args.columns is None:
-        columns = compare.default_columns(rows)
+    if args.columns is None:  # the defaults, less what the terminal has no room for (--columns shows any)
+        wide = console.options.update_width(10_000)  # the table's own width, not what fits the terminal now
+        columns = compare.fit_columns(compare.default_columns(rows), console.width, lambda keys: console.measure(
+            compare.compare_table(rows, args.sort, budget, columns=keys), options=wide).maximum)
     console.print(compare.compare_table(rows, args.sort, budget, columns=columns))
     try:
         if args.csv is not None:

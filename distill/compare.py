@@ -31,14 +31,17 @@ from students.common.errors import UserError
 from students.common.files import atomic_write_bytes
 from students.common.sizes import format_count
 
-from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PRUNE_RECORD, SUMMARY_FILE, Summary
+from .rundir import BEST_CKPT, CONFIG_FILE, LAST_CKPT, METRICS_FILE, PRUNE_RECORD, SUMMARY_FILE, SWEEP_FILE, Summary
 
 __all__ = [
     "COLUMNS",
     "Column",
     "DEFAULT_COLUMNS",
     "INT8_COLUMNS",
+    "DROP_ORDER",
     "default_columns",
+    "expand_sweeps",
+    "fit_columns",
     "IncompleteRun",
     "RunRow",
     "check_sort",
@@ -155,6 +158,23 @@ def _holds_runs(path: Path) -> int:
         return sum(1 for child in path.iterdir() if (child / SUMMARY_FILE).is_file())
     except OSError:
         return 0
+
+
+def expand_sweeps(paths: Iterable[str | Path]) -> list[Path]:
+    """``paths`` with every sweep folder replaced by its students' run folders (in the sweep's order)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if not (path / SWEEP_FILE).is_file():
+            out.append(path)
+            continue
+        try:
+            names = [str(n) for n in json.loads((path / SWEEP_FILE).read_text()).get("students", [])]
+        except (OSError, json.JSONDecodeError, AttributeError):
+            names = []
+        members = [c for c in sorted(path.iterdir()) if c.is_dir() and (c / CONFIG_FILE).is_file()]
+        order = {name: i for i, name in enumerate(names)}
+        out.extend(sorted(members, key=lambda c: (order.get(c.name, len(order)), c.name)) or [path])
+    return out
 
 
 def load_run(path: str | Path) -> RunRow | IncompleteRun:
@@ -331,7 +351,10 @@ SORT_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS) + ("budget",)
 # What a 100-column terminal shows: the run's name sits under the model and the teacher's top-1 under the
 # teacher, so these are 9 columns. The rest (EMA, TTA, mixing, speed, ...) with --columns or in the CSV.
 DEFAULT_COLUMNS: tuple[str, ...] = ("run", "model", "params", "macs", "top1", "teacher", "teacher_top1",
-                                    "kd", "epochs", "latency_ms")
+                                    "kd", "mixing", "epochs", "latency_ms")
+# What goes first when the default columns do not fit the terminal; the names (model, run) and top-1 stay.
+DROP_ORDER: tuple[str, ...] = ("latency_ms", "int8_ms", "epochs", "macs", "teacher_top1", "mixing", "teacher",
+                               "kd", "int8_top1", "params")
 
 
 INT8_COLUMNS: tuple[str, ...] = ("int8_top1", "int8_ms")
@@ -342,6 +365,18 @@ def default_columns(rows: Iterable[Row]) -> tuple[str, ...]:
     if any(isinstance(r, RunRow) and r.int8 for r in rows):
         return tuple(k for k in DEFAULT_COLUMNS if k != "latency_ms") + INT8_COLUMNS
     return DEFAULT_COLUMNS
+
+
+def fit_columns(keys: Sequence[str], width: int, table_width: Callable[[Sequence[str]], int]) -> tuple[str, ...]:
+    """``keys`` less the fewest columns of :data:`DROP_ORDER` for ``table_width(keys)`` to fit ``width``
+    characters (a table wider than the terminal wraps every row over several lines)."""
+    keys = list(keys)
+    for key in DROP_ORDER:
+        if table_width(keys) <= width:
+            break
+        if key in keys:
+            keys.remove(key)
+    return tuple(keys)
 
 
 def select_columns(text: str | None) -> tuple[str, ...]:

@@ -216,6 +216,9 @@ def find_checkpoint(path: str | Path) -> Path:
     return path
 
 
+SWEEP_FILE = "sweep.json"  # a sweep's folder: {"students": [...], "config": {...}}, one run folder per student
+
+
 def checkpoint_model_name(path: str | Path) -> str:
     """The model a checkpoint (or a run folder's best one) holds, as ``--teacher`` names it: the student
     spec or timm name its architecture records. :class:`CheckpointError` for a file that records none."""

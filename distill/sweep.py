@@ -41,13 +41,13 @@ from .batches import Loaders
 from .config import FEATURE_KD_NAMES, TrainConfig
 from .data import ImageDataset
 from .engine import Models, Reporter, train_many
-from .rundir import CONFIG_FILE, RunDir, RunError, Summary, atomic_write_json, is_complete, read_summary
+from .rundir import (CONFIG_FILE, SWEEP_FILE, RunDir, RunError, Summary, atomic_write_json, is_complete,  # noqa: F401
+                     read_summary)  # SWEEP_FILE: what `distill sweep --resume` continues
 
 __all__ = ["SWEEP_FILE", "SweepError", "train_many", "sweep", "run_sweep", "read_sweep", "student_dirs"]
 
 _logger = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"  # {"students": [...], "config": {...}}: what `distill sweep --resume` continues
 
 
 class SweepError(UserError):

@@ -185,3 +185,23 @@ def test_compare_bad_input_gets_one_line_and_exit_2(capsys, runs: dict[str, Path
     assert_one_line_error(code, err, "is a directory")
     code, _, err = _cli(capsys, "compare", run, "--budget", "lots")
     assert_one_line_error(code, err, "not a size")
+
+
+def test_the_terminal_table_fits_80_columns_shows_mixing_and_lists_a_sweeps_students(
+        capsys, runs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    from students.common import console as console_module
+
+    code, out, _ = _cli(capsys, "compare", *runs.values())  # 160 columns (not a terminal): the default columns
+    assert code == 0 and "mixing" in out and "none" in out
+    monkeypatch.setattr(console_module.console, "width", 80)
+    code, out, _ = _cli(capsys, "compare", *runs.values())
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 80
+    assert "model / run" in out and "top-1 %" in out and "run-r1_1_c8" in out  # names and top-1 stay
+    sweep = tmp_path / "sweep"  # a sweep's folder: sweep.json and one run folder per student
+    sweep.mkdir()
+    for name, run in runs.items():
+        shutil.copytree(run, sweep / name)
+    (sweep / "sweep.json").write_text(json.dumps({"students": list(STUDENTS), "config": {}}))
+    code, out, _ = _cli(capsys, "compare", sweep, "--csv", tmp_path / "s.csv")
+    assert code == 0 and "incomplete" not in out
+    assert [r["run"] for r in csv.DictReader((tmp_path / "s.csv").open())] == list(STUDENTS)
