@@ -177,7 +177,7 @@ def _train(args: argparse.Namespace, kind: str) -> int:
     from .pipeline import check_run, load_data, plan_run, run_training
 
     check_run(cfg, run_dir)
-    data = load_data(cfg, decode_progress())
+    data = load_data(cfg, decode_progress(), write_cache=not args.dry_run)
     plan = None
     if launch_rank() == 0 or args.dry_run:  # under torchrun rank 0 plans for all
         with TimingProgress() as timing:

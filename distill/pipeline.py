@@ -61,9 +61,11 @@ _logger = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
 
 
-def load_data(cfg: TrainConfig, progress: ProgressFn | None = None) -> ImageDataset:
-    """The run's data: decoded (or cached), optionally subset, optionally with a validation split."""
-    data = load_dataset(cfg.data, image_size=cfg.image_size, download=True, progress=progress)
+def load_data(cfg: TrainConfig, progress: ProgressFn | None = None, *, write_cache: bool = True) -> ImageDataset:
+    """The run's data: decoded (or cached), optionally subset, optionally with a validation split.
+    ``write_cache`` False (``--dry-run``) writes nothing: no decode cache, no download."""
+    data = load_dataset(cfg.data, image_size=cfg.image_size, download=True, progress=progress,
+                        write_cache=write_cache)
     if cfg.train_subset or cfg.test_subset:
         data = data.subset(train=cfg.train_subset, test=cfg.test_subset, seed=cfg.stream_seed)
     if cfg.val_split:

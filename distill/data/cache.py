@@ -156,9 +156,11 @@ def write_cache(path: Path, dataset: ImageDataset) -> None:
 
 
 def load_cached(
-    kind: str, root: Path, *, image_size: int, cache_root: Path, build: Callable[[], ImageDataset]
+    kind: str, root: Path, *, image_size: int, cache_root: Path, build: Callable[[], ImageDataset],
+    write: bool = True,
 ) -> ImageDataset:
-    """The cached tensors for ``root`` if its contents are unchanged, else ``build()``, cached once it succeeds.
+    """The cached tensors for ``root`` if its contents are unchanged, else ``build()``, cached once it succeeds
+    (unless ``write`` is False).
 
     ``build`` raising (a damaged or incomplete source) writes nothing.
     """
@@ -170,5 +172,6 @@ def load_cached(
         return dataset
     dataset = build()
     _logger.info("built %s in %.1f s", dataset.source, time.perf_counter() - started)
-    write_cache(cache_file, dataset)
+    if write:
+        write_cache(cache_file, dataset)
     return dataset

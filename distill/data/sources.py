@@ -48,6 +48,7 @@ def load_dataset(
     cache_dir: str | Path | None = None,
     download: bool = False,
     progress: ProgressFn | None = None,
+    write_cache: bool = True,
 ) -> ImageDataset:
     """Load a labelled train/test image set as uint8 tensors, decoding once and caching the result.
 
@@ -60,6 +61,8 @@ def load_dataset(
         cache_dir: where decoded tensors and torchvision downloads live; default :func:`default_cache_dir`.
         download: allow torchvision to download ``cifar10`` / ``cifar100`` when they are not cached.
         progress: called as ``progress(done, total)`` while images are decoded (not on a cache hit).
+        write_cache: False reads the cache but writes nothing, neither the decoded tensors nor a download
+            (``--dry-run``).
 
     Raises:
         DataError: the source is missing or malformed, an archive is damaged or cut short (it is read to
@@ -74,7 +77,8 @@ def load_dataset(
             _logger.info("%s means torchvision's %s; the folder ./%s here is not read (pass ./%s to use it)",
                          spec, _TORCHVISION_SETS[name].title, str(spec).strip(), str(spec).strip())
         return _load_torchvision(
-            name, image_size=image_size, cache_root=cache_root, download=download, progress=progress
+            name, image_size=image_size, cache_root=cache_root, download=download and write_cache,
+            progress=progress, write_cache=write_cache,
         )
 
     path = Path(spec).expanduser()
@@ -86,7 +90,8 @@ def load_dataset(
         kind, root = "archive", path
     else:
         kind, root = _detect_folder(path)
-    return _load_kind(kind, root, image_size=image_size, cache_root=cache_root, progress=progress)
+    return _load_kind(kind, root, image_size=image_size, cache_root=cache_root, progress=progress,
+                      write_cache=write_cache)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,8 @@ _TORCHVISION_SETS: dict[str, _TorchvisionSet] = {
 
 
 def _load_torchvision(
-    name: str, *, image_size: int, cache_root: Path, download: bool, progress: ProgressFn | None
+    name: str, *, image_size: int, cache_root: Path, download: bool, progress: ProgressFn | None,
+    write_cache: bool = True,
 ) -> ImageDataset:
     """Load CIFAR-10/100 from torchvision's folder under the cache, downloading it only if allowed."""
     entry = _TORCHVISION_SETS[name]
@@ -177,8 +183,10 @@ def _detect_folder(path: Path) -> tuple[str, Path]:
 
 
 def _load_kind(
-    kind: str, root: Path, *, image_size: int, cache_root: Path, progress: ProgressFn | None
+    kind: str, root: Path, *, image_size: int, cache_root: Path, progress: ProgressFn | None,
+    write_cache: bool = True,
 ) -> ImageDataset:
-    """The dataset at ``root`` of ``kind``: from the cache if the source is unchanged, else decoded and cached."""
+    """The dataset at ``root`` of ``kind``: from the cache if the source is unchanged, else decoded (and
+    cached, with ``write_cache``)."""
     build = partial(_BUILDERS[kind], root.resolve(), image_size=image_size, progress=progress)
-    return load_cached(kind, root, image_size=image_size, cache_root=cache_root, build=build)
+    return load_cached(kind, root, image_size=image_size, cache_root=cache_root, build=build, write=write_cache)
