@@ -138,7 +138,7 @@ def _sweep(args: argparse.Namespace) -> int:
             RichReporter("sweep") as reporter:
         summaries = run_sweep(cfg, students, root, resume=bool(args.resume), reporter=reporter,
                               progress=decode_progress(), stop_after=args.stop_after,
-                              make_reporter=lambda label: reporter)
+                              make_reporter=reporter.for_run)
     rows = [compare.load_run(s.run_dir) for s in summaries]
     console.print(compare.compare_table(rows, title=f"sweep {root}", columns=compare.select_columns(None)))
     return 0
@@ -164,7 +164,7 @@ def _train(args: argparse.Namespace, kind: str) -> int:
                 RichReporter(kind) as reporter:
             summary = run_training(TrainConfig(), Path(args.resume), resume=True, reporter=reporter,
                                    progress=decode_progress(), stop_after=args.stop_after,
-                                   make_reporter=lambda label: reporter, epochs_override=getattr(args, "epochs", None),
+                                   make_reporter=reporter.for_run, epochs_override=getattr(args, "epochs", None),
                                    extend=getattr(args, "extend", False))
         console.print(summary_table(summary, Path(args.resume)))
         return 0
@@ -189,7 +189,7 @@ def _train(args: argparse.Namespace, kind: str) -> int:
     with resumable(f"distill {kind} --resume {run_dir}", sigterm=launch_world_size() == 1), \
             RichReporter(kind) as reporter:
         summary = run_training(cfg, run_dir, reporter=reporter, progress=decode_progress(), stop_after=args.stop_after,
-                               make_reporter=lambda label: reporter, data=data, plan=plan)
+                               make_reporter=reporter.for_run, data=data, plan=plan)
     console.print(summary_table(summary, run_dir))
     return 0
 

@@ -258,6 +258,13 @@ class RichReporter:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def for_run(self, label: str) -> "RichReporter":
+        """A reporter for another run of the same command (a teacher trained first): the same display, its own
+        epoch bar labelled ``label`` and sized by that run's epochs (the student's bar stays its own)."""
+        child = RichReporter.__new__(RichReporter)
+        child.label, child.progress, child.epoch_task, child.step_task = label, self.progress, None, None
+        return child
+
     def message(self, text: str) -> None:
         self.progress.console.print(text)
 
@@ -277,6 +284,8 @@ class RichReporter:
         from .rundir import epoch_summary
 
         parts = epoch_summary(record) + [f"{record['train_img_s']:,.0f} img/s", f"{record['seconds']:.1f} s"]
+        if record.get("mean_of"):  # a sweep's line for all its students: means (speed: their sum)
+            parts = [f"mean of {record['mean_of']} students:"] + parts
         self.progress.console.print("  ".join(parts))
         if self.step_task is not None:
             self.progress.remove_task(self.step_task)

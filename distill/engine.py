@@ -1082,7 +1082,7 @@ def _mean_record(records: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
     keys = [k for k in ("train_loss", "train_top1", "test_top1") if all(k in r for r in records)]
     mean = {key: sum(r[key] for r in records) / len(records) for key in keys}
     return {"epoch": epoch + 1, **mean, "train_img_s": sum(r["train_img_s"] for r in records),
-            "seconds": max(r["seconds"] for r in records)}
+            "seconds": max(r["seconds"] for r in records), "mean_of": len(records)}
 
 
 def _write_stopped_summary(parts: _Parts, state: _State, reason: str) -> None:

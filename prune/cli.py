@@ -495,7 +495,7 @@ def _finetune(cfg: TrainConfig | None, out: Path, *, resume: bool, stop_after: i
     record = json.loads((out / PRUNE_RECORD).read_text())
     with resumable(f"prune --resume {out}", sigterm=launch_world_size() == 1), RichReporter("fine-tune") as reporter:
         summary = run_training(cfg or TrainConfig(), out, resume=resume, reporter=reporter, stop_after=stop_after,
-                               make_reporter=lambda label: reporter, may_train_teacher=False)
+                               make_reporter=reporter.for_run, may_train_teacher=False)
     console.print(summary_table(summary, out))
     def pct(value: float | None) -> str:  # no epoch finished yet (--stop-after 0): no top-1 to show
         return "-" if value is None else f"{value:.2f}%"

@@ -315,3 +315,18 @@ def test_a_feature_method_the_teacher_cannot_serve_is_refused_in_the_plan(capsys
                           "--kd-loss", "kd+at", "--data", cifar_subset_dir, *COMMON, "--out", tmp_path / "x")
     assert_one_line_error(code, err, "teacher vit_tiny_patch16_224 gives no stage features")
     assert "teacher training" not in out and not (tmp_path / "x").exists()
+
+
+def test_progress_bars_are_labelled_per_run_and_sweep_means_say_so(capsys) -> None:
+    from distill.cli_common import RichReporter
+
+    with RichReporter("run") as reporter:
+        teacher = reporter.for_run("teacher")  # a teacher trained first, for 3 epochs; then a 2-epoch student
+        teacher.start_epoch(1, 3, 4)
+        teacher.end_epoch({"epoch": 1, "train_loss": 1.0, "train_top1": 50.0, "train_img_s": 10.0, "seconds": 1.0})
+        reporter.start_epoch(1, 2, 4)
+        bars = {t.description: t.total for t in reporter.progress.tasks}
+        reporter.end_epoch({"epoch": 1, "train_loss": 1.0, "train_top1": 50.0, "train_img_s": 10.0, "seconds": 1.0,
+                            "mean_of": 3})
+    assert bars["teacher epochs"] == 3 and bars["run epochs"] == 2
+    assert "mean of 3 students:  epoch 1" in capsys.readouterr().out
