@@ -133,7 +133,8 @@ def fit(
         config: the settings (:class:`TrainConfig`); None for the defaults. Its ``student``, ``teacher``
             and ``data`` are overwritten with the names of what is passed, as recorded in ``config.json``.
         out: the run folder, created if needed (it must not hold a run); None for a new temporary folder.
-        reporter: receives progress (see :class:`distill.engine.Reporter`); None sends messages to logging.
+        reporter: receives progress (see :class:`distill.engine.Reporter`); None prints the run's messages
+            and a line per epoch (:class:`distill.engine.EpochLines`).
 
     Returns:
         The summary also written to ``out/summary.json``; ``summary.run_dir`` is the folder.
@@ -148,5 +149,6 @@ def fit(
             feature_levels(frozen, role="teacher")
     models = Models(model=student, arch=module_arch(student, num_classes), teacher=frozen,
                     extra_summary={"classes": list(data.classes)} if data.classes else {})
+    reporter = reporter if reporter is not None else engine.EpochLines()
     return engine.train(cfg, models, data, folder, reporter=reporter)  # creates the folder once all is checked
 

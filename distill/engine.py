@@ -28,6 +28,7 @@ import logging
 import math
 import random
 import re
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +63,7 @@ __all__ = [
     "RunError",
     "TrainingDiverged",
     "Reporter",
+    "EpochLines",
     "Models",
     "Loaders",
     "resolve_device",
@@ -113,6 +115,29 @@ class _Silent:
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         pass
+
+
+class EpochLines(_Silent):
+    """A reporter that prints what the run says and one line per epoch to ``stream`` (default stdout):
+    :func:`distill.api.fit`'s default, readable in a notebook, a log file or a terminal alike."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream if self.stream is not None else sys.stdout, flush=True)
+
+    def message(self, text: str) -> None:
+        self._print(text)
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        total = getattr(self, "epochs", None)
+        line = epoch_summary(record)
+        line[0] = f"epoch {record['epoch']}/{total}" if total else line[0]
+        self._print("  ".join(line + [f"{record['train_img_s']:,.0f} img/s", f"{record['seconds']:.1f} s"]))
 
 
 class _Null(_Silent):
