@@ -18,7 +18,7 @@ from students.common.console import console
 from students.common.errors import UserError
 from students.common.sizes import format_count, parse_count
 
-from .config import DEVICES, KD_LOSS_NAMES, OPTIMIZERS, SCHEDULES, TEACHER_MODES, TrainConfig, read_settings
+from .config import DEVICES, KD_LOSS_NAMES, OPTIMIZERS, SCHEDULES, TEACHER_MODES, WEIGHT_INITS, TrainConfig, read_settings
 from .recipes import RECIPES, recipe_overrides
 
 __all__ = ["NON_CONFIG", "add_train_args", "config_from_args", "RichReporter", "TimingProgress", "decode_progress",
@@ -133,6 +133,10 @@ def _optim_args(opt: argparse._ArgumentGroup) -> None:
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help=_default("optimizer").strip(" ()"))
     opt.add_argument("--momentum", type=float, default=S, help=_default("momentum").strip(" ()"))
     opt.add_argument("--no-nesterov", dest="nesterov", action="store_false", default=S, help="plain momentum SGD")
+    opt.add_argument("--weight-init", choices=WEIGHT_INITS, default=S,
+                     help="how a student's convolutions start (timm teachers keep their own)" + _default("weight_init"))
+    opt.add_argument("--zero-init-last", action="store_true", default=S,
+                     help="start each residual block's last BatchNorm at 0, so the block starts as its shortcut")
     opt.add_argument("--weight-decay", type=float, default=S, help=_default("weight_decay").strip(" ()"))
     opt.add_argument("--decay-norm-and-bias", action="store_true", default=S,
                      help="also decay BatchNorm parameters and biases (off by default)")

@@ -12,7 +12,7 @@ from typing import Any
 
 from students.common.errors import UserError
 from students.common.files import atomic_write_text
-from students.spec import suggest
+from students.spec import DEFAULT_WEIGHT_INIT, WEIGHT_INITS, suggest
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainConfig", "ConfigError", "read_settings"]
 
@@ -26,7 +26,7 @@ TEACHER_MODES = ("cifar", "upsample")
 DEVICES = ("auto", "cpu", "cuda")
 KINDS = ("run", "teacher")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "kd_loss": KD_LOSS_NAMES, "device": DEVICES,
-           "teacher_mode": TEACHER_MODES, "kind": KINDS}
+           "teacher_mode": TEACHER_MODES, "kind": KINDS, "weight_init": WEIGHT_INITS}
 
 
 class ConfigError(UserError):
@@ -296,6 +296,8 @@ class TrainConfig:
     mixup: float = 0.0  # Beta(a, a) for MixUp; 0 = off
     cutmix: float = 0.0  # Beta(a, a) for CutMix; 0 = off
     mix_prob: float = 1.0  # probability a batch is mixed at all
+    weight_init: str = DEFAULT_WEIGHT_INIT  # how a student's convolutions start (students.spec.WEIGHT_INITS)
+    zero_init_last: bool = False  # start each residual block's last BatchNorm at 0 (the block = its shortcut)
     crop_padding: int = 4  # pixels of padding before the random 32x32 crop
     flip: bool = True  # random horizontal flips
     cutout: int = 0  # side of the cutout square in pixels; 0 = off
@@ -328,6 +330,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("kd_loss", self.kd_loss, KD_LOSS_NAMES)
+        _choice("weight_init", self.weight_init, WEIGHT_INITS)
         _choice("device", self.device, DEVICES)
         if self.teacher_mode is not None:
             _choice("teacher_mode", self.teacher_mode, TEACHER_MODES)

@@ -103,7 +103,8 @@ def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict
     if cfg.kind == "teacher":
         name = cfg.teacher
         if _is_student_name(name):
-            model = students.create(name, num_classes=data.num_classes)
+            model = students.create(name, num_classes=data.num_classes, weight_init=cfg.weight_init,
+                                    zero_init_last=cfg.zero_init_last)
             return model, students.student_arch(model), None
         mode = cfg.teacher_mode or teachers.default_mode(name)
         model = teachers.create_teacher(
@@ -114,7 +115,8 @@ def build_trainee(cfg: TrainConfig, data: ImageDataset) -> tuple[nn.Module, dict
         return model, arch, teachers.arch_adapter(arch)
     if cfg.init_ckpt:
         return _load_init(cfg, data)
-    model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params)
+    model = students.create(cfg.student, num_classes=data.num_classes, max_params=cfg.max_params,
+                            weight_init=cfg.weight_init, zero_init_last=cfg.zero_init_last)
     return model, students.student_arch(model), None
 
 

@@ -90,7 +90,7 @@ DEFAULT_TEACHER_RECIPE = "teacher-default"
 TEACHER_INHERITS = (
     "teacher", "teacher_mode", "teacher_pretrained", "teacher_weights", "data", "train_subset", "test_subset",
     "val_split", "batch_size", "mixup", "cutmix", "mix_prob", "device", "amp", "seed", "data_seed", "channels_last",
-    "compile", "teacher_cache", "deterministic", "save_every",
+    "compile", "teacher_cache", "deterministic", "save_every", "weight_init", "zero_init_last",
 )
 
 

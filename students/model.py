@@ -8,9 +8,9 @@ import torch
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .spec import SpecError, StudentSpec, format_spec, parse_spec
+from .spec import DEFAULT_WEIGHT_INIT, WEIGHT_INITS, SpecError, StudentSpec, format_spec, parse_spec
 
-__all__ = ["BasicBlock", "CifarResNet", "CIFAR10_MEAN", "CIFAR10_STD", "default_cfg"]
+__all__ = ["BasicBlock", "CifarResNet", "CIFAR10_MEAN", "CIFAR10_STD", "default_cfg", "WEIGHT_INITS", "DEFAULT_WEIGHT_INIT"]
 
 # Per-channel statistics of the CIFAR-10 training set, as fractions of 255.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -43,6 +43,7 @@ def _take_indices(num_levels: int, indices: int | list[int] | tuple[int, ...] | 
             f"indices={indices!r} do not select feature levels of a student with {num_levels} levels "
             f"(0 = stem, 1..{num_levels - 1} = stages): {err}"
         ) from None
+
 
 
 class BasicBlock(nn.Module):
@@ -118,6 +119,8 @@ class CifarResNet(nn.Module):
         drop_rate: float | None = None,
         widths: Mapping[str, int] | None = None,
         global_pool: str = "avg",
+        weight_init: str = DEFAULT_WEIGHT_INIT,
+        zero_init_last: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__()
@@ -168,15 +171,25 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.pretrained_cfg = default_cfg(num_classes)
         self.default_cfg = self.pretrained_cfg
-        self._init_weights()
+        self._init_weights(weight_init, zero_init_last)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, scheme: str, zero_init_last: bool) -> None:
+        """Convolutions per ``scheme`` (:data:`WEIGHT_INITS`), BatchNorm at 1 and 0, the classifier as PyTorch
+        makes it; with ``zero_init_last`` the last BatchNorm of every residual block starts at 0 (Goyal et al.
+        2017), so each block starts as its shortcut."""
+        if scheme not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {scheme!r}")
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if isinstance(m, nn.Conv2d) and scheme != "torch-default":  # torch-default: as nn.Conv2d made it
+                mode = "fan_out" if scheme == "kaiming-fan-out" else "fan_in"
+                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
     @property
     def feature_info(self) -> list[dict]:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from .errors import UserError
 
-__all__ = ["DEFAULT_CHANNELS", "SpecError", "StudentSpec", "parse_spec", "format_spec"]
+__all__ = ["DEFAULT_CHANNELS", "SpecError", "StudentSpec", "parse_spec", "format_spec", "WEIGHT_INITS",
+           "DEFAULT_WEIGHT_INIT"]
 
 # Default channels per stage for each stage count. N=4 is seed 000's best model and N=3 seed 003's; the
 # others keep the same shape: width doubles while the spatial size halves, capped at 256 so the default
@@ -43,6 +44,12 @@ MAX_STAGES = max(DEFAULT_CHANNELS)
 _EXAMPLE = "e.g. r4_3323 or r3_443_c64-128-256_d0.4"
 _HEAD_RE = re.compile(r"^r([0-9]{1,4})$")
 
+
+# How a student's convolutions start (benchmarks/init_ablation.py measures them): kaiming normal over fan-out
+# (He et al. 2015, torchvision's ResNets), PyTorch's own default (kaiming uniform, a=sqrt(5)), or kaiming over
+# fan-in. Stated here, without torch, so settings and help texts read them too.
+WEIGHT_INITS = ("kaiming-fan-out", "torch-default", "kaiming-fan-in")
+DEFAULT_WEIGHT_INIT = "kaiming-fan-out"
 
 class SpecError(UserError):
     """A student spec string that does not follow the grammar; the message says what is wrong."""

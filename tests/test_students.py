@@ -294,3 +294,31 @@ def test_identity_widths_must_match() -> None:
     with pytest.raises(SpecError, match="do not fit"):
         students.CifarResNet("r1_2_c8", widths={"stages.0.0.conv2": 4})
     assert isinstance(students.CifarResNet("r1_2_c8").stages[0][0].shortcut, nn.Identity)
+
+
+def test_weight_init_schemes_and_the_recorded_default() -> None:
+    """Each scheme starts the convolutions as it says; zero_init_last zeroes every block's last BatchNorm;
+    the default is what TrainConfig records, and a run's settings select the scheme its student is built with."""
+    import math
+    from types import SimpleNamespace
+
+    from distill.config import TrainConfig
+    from distill.pipeline import build_trainee
+    from students.spec import DEFAULT_WEIGHT_INIT, WEIGHT_INITS
+
+    torch.manual_seed(0)
+    for scheme in WEIGHT_INITS:
+        conv = students.create("r3_111_c32-64-128", weight_init=scheme).stages[2][0].conv2  # 128 x 128 x 3 x 3
+        fan_in = fan_out = 128 * 9
+        want = {"kaiming-fan-out": math.sqrt(2 / fan_out), "kaiming-fan-in": math.sqrt(2 / fan_in),
+                "torch-default": 1 / math.sqrt(3 * fan_in)}[scheme]  # uniform(-1/sqrt(fan_in), ..): std bound/sqrt(3)
+        assert float(conv.weight.std()) == pytest.approx(want, rel=0.05), scheme
+    zeroed = students.create("r3_111_c16-32-64", zero_init_last=True)
+    assert all(float(b.bn2.weight.abs().sum()) == 0 and float(b.bn1.weight.sum()) > 0
+               for stage in zeroed.stages for b in stage)
+    assert TrainConfig().weight_init == DEFAULT_WEIGHT_INIT and TrainConfig().to_dict()["zero_init_last"] is False
+    cfg = TrainConfig(student="r1_1_c8", weight_init="torch-default", zero_init_last=True)
+    model, _, _ = build_trainee(cfg, SimpleNamespace(num_classes=10))
+    assert float(model.stages[0][0].bn2.weight.abs().sum()) == 0
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        students.create("r1_1_c8", weight_init="xavier")
