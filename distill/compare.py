@@ -604,6 +604,7 @@ def plot(rows: Iterable[Row], path: str | Path) -> dict[str, int]:
     """Write a figure of top-1 (last epoch) against params and against MACs, the Pareto front of each panel
     drawn as a line through highlighted points, every point labelled. Returns the points per panel."""
     from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+    from matplotlib.ticker import EngFormatter, NullFormatter
 
     runs = [r for r in rows if isinstance(r, RunRow) and r.top1_last is not None]
     labels = dict(zip((id(r) for r in runs), _labels(runs)))
@@ -634,10 +635,14 @@ def plot(rows: Iterable[Row], path: str | Path) -> dict[str, int]:
             ax.annotate(labels[id(r)], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if max(xs) > 20 * min(xs):  # sizes spanning orders of magnitude read better on a log axis
             ax.set_xscale("log")
+        # 1.2M rather than 1200000 or 1.2e6: long tick labels ran into each other on the MACs axis
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)  # not over a point: a near-chance run sits at the bottom right
     fig.suptitle("top-1 against size" + (" and int8 latency" if len(panels) > 2 else ""))
     path = Path(path)
     buffer = io.BytesIO()  # rendered in memory, then written atomically: a full disk leaves no partial file
