@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", default=None, help="a finished teacher run: adds the KD rows")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one thread each when above 1)")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--schemes", default=None,
+                        help="which, by index into SCHEMES, comma-separated (default: all); 0 is today's default")
+    parser.add_argument("--kd-reference", default=None, metavar="RUN,RUN",
+                        help="finished KD runs into today's default init, one per seed and with the KD rows' "
+                             "settings (e.g. the teacher-output cache study's cells): used instead of training them")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     if args.table_only:
@@ -118,15 +123,25 @@ def main(argv: list[str] | None = None) -> int:
                                        "command": " ".join(cmd[1:]), "wall_s": record.get("wall_s")})
             publish(args.results, JSON_NAME, payload, BLOCK, table(payload))
 
+    schemes = SCHEMES if args.schemes is None else tuple(SCHEMES[int(i)] for i in args.schemes.split(","))
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        list(pool.map(lambda job: one(_label(job[0]), *job, None), [(s, seed) for s in SCHEMES for seed in seeds]))
+        list(pool.map(lambda job: one(_label(job[0]), *job, None), [(s, seed) for s in schemes for seed in seeds]))
     if args.teacher:
         means = {}
-        for scheme in SCHEMES:
+        for scheme in schemes:
             tops = [r["top1_last"] for r in payload["records"] if (r["scheme"], r["zero_init_last"]) == scheme]
             means[scheme] = statistics.mean(tops)
         best = max(means, key=means.get)
         kd = [TODAY] + ([best] if best != TODAY else [])
+        if args.kd_reference:  # today's KD rows from runs already made with these settings
+            from common import run_summary
+
+            kd.remove(TODAY)
+            for seed, ref in zip(seeds, args.kd_reference.split(",")):
+                summary = run_summary(Path(ref))
+                payload["records"].append({"label": f"KD into {_label(TODAY)}", "scheme": TODAY[0],
+                                           "zero_init_last": TODAY[1], "seed": seed,
+                                           "top1_last": summary["top1_last"], "command": f"reused run {ref}"})
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             list(pool.map(lambda job: one(f"KD into {_label(job[0])}", *job, args.teacher),
                           [(s, seed) for s in kd for seed in seeds]))

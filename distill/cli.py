@@ -470,7 +470,7 @@ def _int8_table(record: dict[str, Any]) -> Table:
     for name in ("fp32", "int8"):
         lat = record["latency"][name]
         table.add_row(name, f"{record[f'top1_{name}']:.2f}", *(f"{lat[f'{k}_ms']:.3f}" for k in record["speedup"]))
-    table.add_row("int8 vs fp32", f"{-record['drop_points']:+.2f}", *(f"{v:.2f}x speed" for v in
+    table.add_row("int8 vs fp32", f"{0.0 - record['drop_points'] + 0.0:+.2f}", *(f"{v:.2f}x speed" for v in
                                                                        record["speedup"].values()))
     return table
 
