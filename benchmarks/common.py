@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ if str(REPO) not in sys.path:  # runnable from a plain checkout, without `pip in
 from distill.rundir import LAST_CKPT, SUMMARY_FILE, is_complete, read_summary  # noqa: E402
 
 __all__ = ["REPO", "DEFAULT_DATA", "run_command", "run_summary", "finished_summary", "run_stage", "replace_block", "publish",
-           "study_parser"]
+           "republish", "study_parser"]
 
 
 def run_command(cmd: list[str], log: Path) -> float:
@@ -81,6 +82,14 @@ def publish(results: Path, json_name: str, payload: dict, block_name: str, block
     results.mkdir(parents=True, exist_ok=True)
     (results / json_name).write_text(json.dumps(payload, indent=2) + "\n")
     replace_block(results / "RESULTS.md", block_name, block)
+
+
+def republish(results: Path, json_name: str, block_name: str, table: Callable[[dict], str]) -> int:
+    """``--table-only``: the table rebuilt from ``results/json_name`` into ``results/RESULTS.md``, and printed."""
+    payload = json.loads((results / json_name).read_text())
+    replace_block(results / "RESULTS.md", block_name, table(payload))
+    print(table(payload))
+    return 0
 
 
 def study_parser(doc: str, scales: list[str], jobs: int, jobs_help: str) -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import DEFAULT_DATA, REPO, publish, replace_block, run_stage  # noqa: E402
+from common import DEFAULT_DATA, REPO, publish, republish, run_stage  # noqa: E402
 
 JSON_NAME = "init_ablation_cpu.json"
 BLOCK = "init-ablation:cpu"
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     if args.table_only:
-        payload = json.loads((args.results / JSON_NAME).read_text())
-        replace_block(args.results / "RESULTS.md", BLOCK, table(payload))
-        print(table(payload))
-        return 0
+        return republish(args.results, JSON_NAME, BLOCK, table)
     import os
 
     from distill.device import device_name, resolve_device

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import REPO, publish, replace_block, run_command  # noqa: E402  (puts the checkout on sys.path)
+from common import REPO, publish, republish, run_command  # noqa: E402  (puts the checkout on sys.path)
 
 JSON_NAME = "int8_cpu.json"
 BLOCK = "int8:cpu"
@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     if args.table_only:
-        payload = json.loads((args.results / JSON_NAME).read_text())
-        replace_block(args.results / "RESULTS.md", BLOCK, table(payload))
-        print(table(payload))
-        return 0
+        return republish(args.results, JSON_NAME, BLOCK, table)
     args.work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     kd = [_copy_run(Path(p), args.work / Path(p).name) for p in args.kd.split(",") if p]

@@ -13,7 +13,6 @@ checkpoint belongs to a run directory they are recorded in that run's ``summary.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import statistics
@@ -32,7 +31,7 @@ from students.common.errors import UserError
 from students.common.files import atomic_write_bytes
 
 from .device import device_name
-from .rundir import SUMMARY_FILE, atomic_write_json, find_checkpoint
+from .rundir import SUMMARY_FILE, find_checkpoint, update_summary
 
 __all__ = [
     "ExportError",
@@ -331,15 +330,7 @@ def run_dir_of(path: str | Path) -> Path | None:
 
 
 def record_latency(run_dir: str | Path, latency: dict[str, Any]) -> Path:
-    """Put ``latency`` under ``"latency"`` in the run's ``summary.json`` (temporary file + ``os.replace``)."""
-    path = Path(run_dir) / SUMMARY_FILE
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot update {path}: {err}; the latency was not recorded") from None
-    if not isinstance(summary, dict):
-        raise UserError(f"cannot update {path}: not a JSON object; the latency was not recorded")
-    old = summary.get("latency")
-    # Figures are per device type: measuring on the CPU alone keeps an earlier CUDA measurement.
-    summary["latency"] = {**(old if isinstance(old, dict) else {}), **latency}
-    return atomic_write_json(path, summary)
+    """Put ``latency`` under ``"latency"`` in the run's ``summary.json``. Figures are per device type:
+    measuring on the CPU alone keeps an earlier CUDA measurement."""
+    return update_summary(run_dir, "latency", lambda old: {**(old if isinstance(old, dict) else {}), **latency},
+                          "the latency was")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -40,7 +39,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from students.common.errors import UserError
-from students.common.files import atomic_write_bytes, atomic_write_text
+from students.common.files import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch and the data stack load when a quantization runs: the CLI's --help reads the defaults
     import torch
@@ -48,7 +47,6 @@ if TYPE_CHECKING:  # torch and the data stack load when a quantization runs: the
     from .config import TrainConfig
     from .data import ImageDataset
 
-SUMMARY_FILE = "summary.json"  # distill.rundir.SUMMARY_FILE, without importing torch
 
 __all__ = [
     "QuantizeError",
@@ -339,7 +337,7 @@ def quantize_run(run: str | Path, settings: QuantizeSettings | None = None, *, o
     from students.checkpoint import INTEGRITY_KEY, load_file
 
     from . import export
-    from .rundir import find_checkpoint
+    from .rundir import SUMMARY_FILE, find_checkpoint
 
     settings = settings or QuantizeSettings()
     export.require_onnxruntime()
@@ -425,12 +423,6 @@ def quantize_run(run: str | Path, settings: QuantizeSettings | None = None, *, o
 
 def record_int8(run_dir: str | Path, record: dict[str, Any]) -> Path:
     """Put ``record`` under ``"int8"`` in the run's ``summary.json`` (atomically)."""
-    path = Path(run_dir) / SUMMARY_FILE
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot update {path}: {err}; the int8 figures were not recorded") from None
-    if not isinstance(summary, dict):
-        raise UserError(f"cannot update {path}: not a JSON object; the int8 figures were not recorded")
-    summary["int8"] = record
-    return atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    from .rundir import update_summary
+
+    return update_summary(run_dir, "int8", lambda old: record, "the int8 figures were")

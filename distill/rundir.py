@@ -27,7 +27,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,21 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     return path
+
+
+def update_summary(run_dir: str | Path, key: str, value: Callable[[Any], Any], what: str) -> Path:
+    """Set ``key`` of the run's ``summary.json`` to ``value(its current value or None)``, atomically; a missing
+    or damaged summary is a :class:`UserError` saying that ``what`` was not recorded. Figures measured after
+    training (latency, int8) live there beside what training wrote."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot update {path}: {err}; {what} not recorded") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"cannot update {path}: not a JSON object; {what} not recorded")
+    summary[key] = value(summary.get(key))
+    return atomic_write_json(path, summary)
 
 
 SWEEP_FILE = "sweep.json"  # a sweep's folder: {"students": [...], "config": {...}}, one run folder per student
