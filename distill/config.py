@@ -65,6 +65,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "eval_every": (1, MAX_EPOCHS), "save_every": (1, MAX_EPOCHS),
 }
 MAX_MILESTONES = 1000
+LEGACY_WEIGHT_INIT = "kaiming-fan-out"  # what every student started with before the setting existed
 DATASET_NAMES = ("cifar10", "cifar100")  # torchvision's datasets, by name; anything else is a path
 
 
@@ -431,6 +432,10 @@ class TrainConfig:
                 raise ConfigError(f"{source} gives both alpha and kd_weight; alpha is the old name of kd_weight, "
                                   "keep one")
             data["kd_weight"] = data.pop("alpha")
+        if "weight_init" not in data and {"kind", "eval_every", "teacher_cache"} <= set(data):
+            # A whole recorded config (a run's config.json) from before weight_init existed: its students
+            # started as every student did then, whatever the default is now.
+            data["weight_init"] = LEGACY_WEIGHT_INIT
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

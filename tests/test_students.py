@@ -322,3 +322,15 @@ def test_weight_init_schemes_and_the_recorded_default() -> None:
     assert float(model.stages[0][0].bn2.weight.abs().sum()) == 0
     with pytest.raises(ValueError, match="weight_init must be one of"):
         students.create("r1_1_c8", weight_init="xavier")
+
+
+def test_a_run_recorded_before_weight_init_existed_reads_as_the_init_it_used() -> None:
+    """A run's config.json from before the setting: its students started kaiming-fan-out, whatever the default
+    is now; a partial settings file (no kind, no eval_every) takes today's default."""
+    from distill.config import LEGACY_WEIGHT_INIT, TrainConfig
+    from students.spec import DEFAULT_WEIGHT_INIT
+
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("weight_init", "zero_init_last")}
+    assert TrainConfig.from_dict(old).weight_init == LEGACY_WEIGHT_INIT == "kaiming-fan-out"
+    assert TrainConfig.from_dict({"lr": 0.1, "epochs": 3}).weight_init == DEFAULT_WEIGHT_INIT
+    assert TrainConfig.from_dict(TrainConfig(weight_init="torch-default").to_dict()).weight_init == "torch-default"
