@@ -54,25 +54,29 @@ def _cmd(scheme: tuple[str, bool], seed: int, data: str, out: Path, teacher: str
 
 
 def table(payload: dict) -> str:
+    """One row per setting (top-1 per seed, mean) and its gain over the row it is measured against."""
     rows: dict[str, dict[int, float]] = {}
+    against: dict[str, str | None] = {}
     for record in payload["records"]:
         rows.setdefault(record["label"], {})[record["seed"]] = record["top1_last"]
-    base = rows.get(_label(TODAY), {})
-    base_mean = statistics.mean(base.values()) if len(base) == len(payload["seeds"]) else None
-    lines = [f"| student, {payload['epochs']} epochs | top-1 per seed | mean | against kaiming-fan-out |",
+        against[record["label"]] = record.get("baseline")
+
+    def mean(label: str | None) -> float | None:
+        tops = rows.get(label or "", {})
+        return statistics.mean(tops.values()) if len(tops) == len(payload["seeds"]) else None
+
+    lines = ["| student (5 epochs unless said) | top-1 per seed | mean | gain over its kaiming-fan-out row |",
              "|---|---|---:|---:|"]
     for label, tops in rows.items():
         seeds = " / ".join(f"{tops[s]:.2f}" if s in tops else "-" for s in payload["seeds"])
-        mean = statistics.mean(tops.values()) if len(tops) == len(payload["seeds"]) else None
-        gain = "" if mean is None or base_mean is None or label == _label(TODAY) or label.startswith("KD") \
-            else f"{mean - base_mean:+.2f}"
-        lines.append(f"| {label} | {seeds} | {'-' if mean is None else f'{mean:.2f}'} | {gain} |")
+        m, base = mean(label), mean(against[label])
+        gain = "" if m is None or base is None else f"{m - base:+.2f}"
+        lines.append(f"| {label} | {seeds} | {'-' if m is None else f'{m:.2f}'} | {gain} |")
     lines += ["", f"{payload['date']}, commit {payload['commit']}, {payload['device']}, {payload['jobs']} run(s) at "
-              f"a time (one thread each; accuracy does not depend on load). Top-1 at the last epoch on the 10,000 "
-              f"test images. Commands: `python -m distill run {' '.join(BASE)} --epochs {payload['epochs']} --data <tarball> "
-              "--seed S "
-              "--weight-init X [--zero-init-last]` (KD rows add `--teacher-ckpt <teacher> --kd-loss kd "
-              f"--temperature 4 --kd-weight 0.9`); the study: `{payload['command']}`."]
+              "a time (one thread each; accuracy does not depend on load). Top-1 at the last epoch on the 10,000 "
+              f"test images. Commands: `python -m distill run {' '.join(BASE)} --epochs {payload['epochs']} --data "
+              "<tarball> --seed S --weight-init X [--zero-init-last]` (KD rows add `--teacher-ckpt <teacher> "
+              f"--kd-loss kd --temperature 4 --kd-weight 0.9`); the study: `{payload['command']}`."]
     return "\n".join(lines)
 
 
@@ -90,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kd-reference", default=None, metavar="RUN,RUN",
                         help="finished KD runs into today's default init, one per seed and with the KD rows' "
                              "settings (e.g. the teacher-output cache study's cells): used instead of training them")
+    parser.add_argument("--long-epochs", type=int, default=0,
+                        help="also train the best init at this many epochs, against today's default at that length")
+    parser.add_argument("--long-reference", default=None, metavar="JSON:KEY,KEY",
+                        help="today's default at --long-epochs from a study's recorded runs (one key per seed) "
+                             "instead of training it, e.g. docs/kd_ablation_cpu.json:ref-onecycle-10ep-s0,...")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args(argv)
     if args.table_only:
@@ -109,20 +118,26 @@ def main(argv: list[str] | None = None) -> int:
                + " ".join(argv if argv is not None else sys.argv[1:]), "records": []}
     lock = threading.Lock()
 
-    def one(label: str, scheme: tuple[str, bool], seed: int, teacher: str | None) -> None:
-        out = args.work / _name(scheme, seed, kd=teacher is not None)
-        cmd = _cmd(scheme, seed, args.data, out, teacher, args.epochs)
+    def one(label: str, scheme: tuple[str, bool], seed: int, teacher: str | None, baseline: str | None,
+            epochs: int = args.epochs) -> None:
+        out = args.work / (_name(scheme, seed, kd=teacher is not None) + ("" if epochs == args.epochs
+                                                                         else f"-{epochs}ep"))
+        cmd = _cmd(scheme, seed, args.data, out, teacher, epochs)
         record = run_stage(out.name, cmd, out, [sys.executable, "-m", "distill", "run", "--resume", str(out)],
                            args.work / f"{out.name}.log")
+        add({"label": label, "baseline": baseline, "scheme": scheme[0], "zero_init_last": scheme[1], "seed": seed,
+             "epochs": epochs, "top1_last": record["top1_last"], "command": " ".join(cmd[1:]),
+             "wall_s": record.get("wall_s")})
+
+    def add(record: dict) -> None:
         with lock:
-            payload["records"].append({"label": label, "scheme": scheme[0], "zero_init_last": scheme[1],
-                                       "seed": seed, "top1_last": record["top1_last"],
-                                       "command": " ".join(cmd[1:]), "wall_s": record.get("wall_s")})
+            payload["records"].append(record)
             publish(args.results, JSON_NAME, payload, BLOCK, table(payload))
 
     schemes = SCHEMES if args.schemes is None else tuple(SCHEMES[int(i)] for i in args.schemes.split(","))
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        list(pool.map(lambda job: one(_label(job[0]), *job, None), [(s, seed) for s in schemes for seed in seeds]))
+        list(pool.map(lambda job: one(_label(job[0]), *job, None, None if job[0] == TODAY else _label(TODAY)),
+                      [(s, seed) for s in schemes for seed in seeds]))
     if args.teacher:
         means = {}
         for scheme in schemes:
@@ -135,13 +150,32 @@ def main(argv: list[str] | None = None) -> int:
 
             kd.remove(TODAY)
             for seed, ref in zip(seeds, args.kd_reference.split(",")):
-                summary = run_summary(Path(ref))
-                payload["records"].append({"label": f"KD into {_label(TODAY)}", "scheme": TODAY[0],
-                                           "zero_init_last": TODAY[1], "seed": seed,
-                                           "top1_last": summary["top1_last"], "command": f"reused run {ref}"})
+                add({"label": f"KD into {_label(TODAY)}", "baseline": None, "scheme": TODAY[0],
+                     "zero_init_last": TODAY[1], "seed": seed, "epochs": args.epochs,
+                     "top1_last": run_summary(Path(ref))["top1_last"], "command": f"reused run {ref}"})
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            list(pool.map(lambda job: one(f"KD into {_label(job[0])}", *job, args.teacher),
+            list(pool.map(lambda job: one(f"KD into {_label(job[0])}", *job, args.teacher,
+                                          None if job[0] == TODAY else f"KD into {_label(TODAY)}"),
                           [(s, seed) for s in kd for seed in seeds]))
+    if args.long_epochs:  # the best init at a longer schedule, against today's at that length
+        best = max(schemes, key=lambda sc: statistics.mean(
+            r["top1_last"] for r in payload["records"] if r["label"] == _label(sc)))
+        reference = f"{_label(TODAY)}, {args.long_epochs} epochs"
+        if args.long_reference:  # e.g. docs/kd_ablation_cpu.json:ref-onecycle-10ep-s0,ref-onecycle-10ep-s1
+            path, keys = args.long_reference.rsplit(":", 1)
+            recorded = json.loads(Path(path).read_text())
+            for seed, key in zip(seeds, keys.split(",")):
+                add({"label": reference + f" ({Path(path).name})", "baseline": None, "scheme": TODAY[0],
+                     "zero_init_last": TODAY[1], "seed": seed, "epochs": args.long_epochs,
+                     "top1_last": recorded[key]["top1_last"], "command": recorded[key].get("cmd", key)})
+            reference += f" ({Path(path).name})"
+        else:
+            with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+                list(pool.map(lambda seed: one(reference, TODAY, seed, None, None, args.long_epochs), seeds))
+        if best != TODAY:
+            with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+                list(pool.map(lambda seed: one(f"{_label(best)}, {args.long_epochs} epochs", best, seed, None,
+                                               reference, args.long_epochs), seeds))
     print(table(payload))
     return 0
 

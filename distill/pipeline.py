@@ -30,7 +30,7 @@ import teachers
 from students.common.errors import UserError
 
 from . import dist
-from .config import FEATURE_KD_NAMES, TrainConfig
+from .config import FEATURE_KD_NAMES, LEGACY_WEIGHT_INIT, TrainConfig
 from .data import ImageDataset, default_cache_dir, load_dataset
 from .device import channels_last_safe, device_name, resolve_device
 from .batches import EVAL_BATCH, check_classes
@@ -189,8 +189,11 @@ _NOT_IN_TEACHER_KEY = ("device", "amp", "seed", "data_seed", "teacher_cache", "d
 def _teacher_key(teacher_cfg: TrainConfig) -> str:
     """A short hash of the teacher's training settings. Only values that differ from TrainConfig's defaults
     count, so a new setting (added with a default) does not orphan the teachers already stored."""
-    defaults = TrainConfig(kind="teacher", teacher=teacher_cfg.teacher).to_dict()
-    settings = {k: v for k, v in teacher_cfg.to_dict().items() if k not in _NOT_IN_TEACHER_KEY and v != defaults[k]}
+    # weight_init counts against the init every stored teacher had before the setting existed (so a change of
+    # its default makes new teachers, and keeps the old ones under their keys); a timm teacher ignores it.
+    defaults = TrainConfig(kind="teacher", teacher=teacher_cfg.teacher, weight_init=LEGACY_WEIGHT_INIT).to_dict()
+    ignored = _NOT_IN_TEACHER_KEY + (() if _is_student_name(teacher_cfg.teacher) else ("weight_init", "zero_init_last"))
+    settings = {k: v for k, v in teacher_cfg.to_dict().items() if k not in ignored and v != defaults[k]}
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 

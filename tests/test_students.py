@@ -334,3 +334,18 @@ def test_a_run_recorded_before_weight_init_existed_reads_as_the_init_it_used() -
     assert TrainConfig.from_dict(old).weight_init == LEGACY_WEIGHT_INIT == "kaiming-fan-out"
     assert TrainConfig.from_dict({"lr": 0.1, "epochs": 3}).weight_init == DEFAULT_WEIGHT_INIT
     assert TrainConfig.from_dict(TrainConfig(weight_init="torch-default").to_dict()).weight_init == "torch-default"
+
+
+def test_stored_teachers_keep_their_keys_across_the_init_default() -> None:
+    """A student-spec teacher trained with the init every teacher had before the setting keeps the store key it
+    had then; one trained with today's default gets its own; a timm teacher's key ignores the setting."""
+    from distill.config import LEGACY_WEIGHT_INIT, TrainConfig
+    from distill.pipeline import _teacher_key
+
+    spec = dict(kind="teacher", teacher="r3_111_c32-64-128")
+    legacy = _teacher_key(TrainConfig(**spec, weight_init=LEGACY_WEIGHT_INIT))
+    assert legacy != _teacher_key(TrainConfig(**spec, weight_init="torch-default"))
+    assert legacy == _teacher_key(TrainConfig(**spec, weight_init=LEGACY_WEIGHT_INIT, zero_init_last=False))
+    timm = dict(kind="teacher", teacher="resnet18")
+    assert _teacher_key(TrainConfig(**timm, weight_init="torch-default")) == _teacher_key(
+        TrainConfig(**timm, weight_init="kaiming-fan-in", zero_init_last=True))
