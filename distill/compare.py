@@ -252,10 +252,17 @@ def _g(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
+def _mixed(row: RunRow) -> bool:
+    return bool(row.mixup or row.cutmix)
+
+
 def _kd(row: RunRow) -> str:
+    """The KD loss and its settings; "+ mix" when CutMix/MixUp was on, so a KD + mixing run never reads as plain
+    KD where the mixing column is left out."""
+    mix = " + mix" if _mixed(row) else ""
     if not row.kd_loss:
-        return "-"
-    return f"{row.kd_loss} T={_g(row.kd_temperature)} w={_g(row.kd_weight)}"
+        return "-" + mix
+    return f"{row.kd_loss} T={_g(row.kd_temperature)} w={_g(row.kd_weight)}{mix}"
 
 
 def _mixing(row: RunRow) -> str:
@@ -351,7 +358,7 @@ SORT_KEYS: tuple[str, ...] = tuple(c.key for c in COLUMNS) + ("budget",)
 # What a 100-column terminal shows: the run's name sits under the model and the teacher's top-1 under the
 # teacher, so these are 9 columns. The rest (EMA, TTA, mixing, speed, ...) with --columns or in the CSV.
 DEFAULT_COLUMNS: tuple[str, ...] = ("run", "model", "params", "macs", "top1", "teacher", "teacher_top1",
-                                    "kd", "mixing", "epochs", "latency_ms")
+                                    "kd", "epochs", "latency_ms")  # mixing: "+ mix" in the KD cell
 # What goes first when the default columns do not fit the terminal; the names (model, run) and top-1 stay.
 DROP_ORDER: tuple[str, ...] = ("latency_ms", "int8_ms", "epochs", "macs", "teacher_top1", "mixing", "teacher",
                                "kd", "int8_top1", "params")

@@ -191,7 +191,7 @@ def test_the_terminal_table_fits_80_columns_shows_mixing_and_lists_a_sweeps_stud
         capsys, runs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     from students.common import console as console_module
 
-    code, out, _ = _cli(capsys, "compare", *runs.values())  # 160 columns (not a terminal): the default columns
+    code, out, _ = _cli(capsys, "compare", *runs.values(), "--columns", "model,kd,mixing")
     assert code == 0 and "mixing" in out and "none" in out
     monkeypatch.setattr(console_module.console, "width", 80)
     code, out, _ = _cli(capsys, "compare", *runs.values())

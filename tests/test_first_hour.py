@@ -144,6 +144,10 @@ def test_compare_default_columns_fit_100_characters_and_mark_teachers() -> None:
             assert number in text, (number, text)
         assert "[teacher]" in text and "[pruned]" in text  # beside the model, which may wrap
     assert "resnet50 [teacher]" in _text(compare_table(rows, columns=DEFAULT_COLUMNS), 100)
+    from distill.compare import COLUMNS
+
+    kd = next(c for c in COLUMNS if c.key == "kd")  # a KD + mixing run never reads as plain KD
+    assert kd.value(rows[0]) == "dkd T=4 w=0.9 + mix" and kd.value(rows[1]) == "- + mix"
     # every column on request, and the run names stay findable
     wide = _text(compare_table(rows, columns=None), 250)
     for header in ("EMA %", "TTA %", "mixing", "img/s", "wall s", "pruned"):
