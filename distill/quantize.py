@@ -326,6 +326,38 @@ def _speedups(fp32: dict[str, Any], int8: dict[str, Any], batches: Sequence[int]
     return {f"batch{b}": fp32[f"batch{b}_ms"] / int8[f"batch{b}_ms"] for b in batches}
 
 
+def _quantize_and_measure(item: Any, data: ImageDataset, mean: tuple, std: tuple, settings: QuantizeSettings,
+                          scheme: str, progress: ProgressFn | None) -> tuple[bytes, dict[str, Any]]:
+    """In a temporary folder: the fp32 export (parity checked), the int8 file, both top-1s (a drop above
+    ``settings.max_drop`` is a :class:`QuantizeError`), both latencies. The int8 file's bytes and the figures."""
+    from . import export
+
+    with tempfile.TemporaryDirectory(prefix="distill-int8-") as tmp:
+        work = Path(tmp)
+        fp32 = export.export_onnx(item.model, work / "model.fp32.onnx", item.input_shape)
+        parity = export.check_onnx(fp32, item.model, item.input_shape)
+        reader, _ = _calibration_reader(data, settings.calibration, settings.seed, mean, std)
+        int8 = work / "model.int8.onnx"
+        preprocessed = _quantize_file(fp32, int8, reader, settings.method, scheme, work)
+        tests = (data.test_images, data.test_labels, mean, std)
+        top1_fp32 = onnx_top1(fp32, *tests, threads=settings.threads, progress=progress, what="fp32 ONNX top-1")
+        top1_int8 = onnx_top1(int8, *tests, threads=settings.threads, progress=progress, what="int8 ONNX top-1")
+        drop = top1_fp32 - top1_int8
+        if drop > settings.max_drop:
+            raise QuantizeError(
+                f"int8 loses {drop:.2f} points of top-1 ({top1_fp32:.2f}% fp32 -> {top1_int8:.2f}% int8 on "
+                f"{int(data.test_labels.numel())} test images), above --max-drop {settings.max_drop:g}; nothing "
+                f"written. Try --method entropy, more --calibration images"
+                + (", or --scheme u8s8-7bit" if scheme != "u8s8-7bit" else ""))
+        lat_fp32, lat_int8 = paired_latency(fp32, int8, item.input_shape, batch_sizes=settings.latency_batches,
+                                            threads=settings.threads, progress=progress)
+        figures = {"fp32_size_bytes": fp32.stat().st_size, "preprocessed": preprocessed, "top1_fp32": top1_fp32,
+                   "top1_int8": top1_int8, "drop_points": drop, "parity_fp32_onnx_vs_pytorch": parity,
+                   "latency": {"fp32": lat_fp32, "int8": lat_int8},
+                   "speedup": _speedups(lat_fp32, lat_int8, settings.latency_batches)}
+        return int8.read_bytes(), figures
+
+
 def quantize_run(run: str | Path, settings: QuantizeSettings | None = None, *, out: str | Path | None = None,
                  load_data: Callable[[TrainConfig], ImageDataset] | None = None,
                  progress: ProgressFn | None = None, say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -362,27 +394,7 @@ def quantize_run(run: str | Path, settings: QuantizeSettings | None = None, *, o
         data = data.subset(test=settings.test_subset)
     meta = ckpt.get("meta", {})
     mean, std = tuple(meta.get("data_mean", data.mean)), tuple(meta.get("data_std", data.std))
-    with tempfile.TemporaryDirectory(prefix="distill-int8-") as tmp:
-        work = Path(tmp)
-        fp32 = export.export_onnx(item.model, work / "model.fp32.onnx", item.input_shape)
-        parity = export.check_onnx(fp32, item.model, item.input_shape)
-        reader, _ = _calibration_reader(data, settings.calibration, settings.seed, mean, std)
-        int8 = work / "model.int8.onnx"
-        preprocessed = _quantize_file(fp32, int8, reader, settings.method, scheme, work)
-        tests = (data.test_images, data.test_labels, mean, std)
-        top1_fp32 = onnx_top1(fp32, *tests, threads=settings.threads, progress=progress, what="fp32 ONNX top-1")
-        top1_int8 = onnx_top1(int8, *tests, threads=settings.threads, progress=progress, what="int8 ONNX top-1")
-        drop = top1_fp32 - top1_int8
-        if drop > settings.max_drop:
-            raise QuantizeError(
-                f"int8 loses {drop:.2f} points of top-1 ({top1_fp32:.2f}% fp32 -> {top1_int8:.2f}% int8 on "
-                f"{int(data.test_labels.numel())} test images), above --max-drop {settings.max_drop:g}; nothing "
-                f"written. Try --method entropy, more --calibration images"
-                + (", or --scheme u8s8-7bit" if scheme != "u8s8-7bit" else ""))
-        lat_fp32, lat_int8 = paired_latency(fp32, int8, item.input_shape, batch_sizes=settings.latency_batches,
-                                            threads=settings.threads, progress=progress)
-        blob = int8.read_bytes()
-        fp32_bytes = fp32.stat().st_size
+    blob, figures = _quantize_and_measure(item, data, mean, std, settings, scheme, progress)
     written = atomic_write_bytes(target, blob)
     import onnxruntime as ort
 
@@ -390,7 +402,6 @@ def quantize_run(run: str | Path, settings: QuantizeSettings | None = None, *, o
         "file": str(written.resolve()),
         "sha256": hashlib.sha256(blob).hexdigest(),
         "size_bytes": len(blob),
-        "fp32_size_bytes": fp32_bytes,
         "checkpoint": str(ckpt_path.resolve()),
         "checkpoint_sha256": (ckpt.get(INTEGRITY_KEY) or {}).get("sha256"),
         "format": "QDQ, per-channel weights",
@@ -398,19 +409,13 @@ def quantize_run(run: str | Path, settings: QuantizeSettings | None = None, *, o
         "scheme_reason": why,
         "activations": "int8" if scheme == "s8s8" else "uint8",
         "weights": "int8 (7-bit range)" if scheme == "u8s8-7bit" else "int8",
-        "preprocessed": preprocessed,
         "calibration": {"images": min(settings.calibration, int(data.train_labels.numel())),
                         "method": settings.method, "seed": settings.seed,
                         "source": f"training images of {data.source}, unaugmented, normalised as in training"},
         "eval_set": f"test set ({int(data.test_labels.numel())} images)",
-        "top1_fp32": top1_fp32,
-        "top1_int8": top1_int8,
-        "drop_points": drop,
+        **figures,
         "top1_unit": "percent",
         "max_drop": settings.max_drop,
-        "parity_fp32_onnx_vs_pytorch": parity,
-        "latency": {"fp32": lat_fp32, "int8": lat_int8},
-        "speedup": _speedups(lat_fp32, lat_int8, settings.latency_batches),
         "threads": settings.threads,
         "onnxruntime": ort.__version__,
         "cpu": cpu_name(),

@@ -315,6 +315,18 @@ def _gap(kind: str, target: float, below: int, above: int | None) -> PruneError:
                       target=_fmt(kind, target), working=below, exact=True)
 
 
+def _shortfall(kind: str, target: float, got: int, above: int | None, s: PruneSettings) -> PruneError | None:
+    """The last step's plan ``got`` against ``target``: None within the tolerance; else, with ``exact``, the
+    refusal; else the note that the nearest size under the target was taken."""
+    if got >= target * (1 - TOLERANCE):
+        return None
+    if s.exact:
+        raise _gap(kind, target, got, above)
+    note = _shortfall_note(kind, target, got, above, s)
+    _logger.debug("%s", note.render())
+    return note
+
+
 def _shortfall_note(kind: str, target: float, got: int, above: int | None, s: PruneSettings) -> PruneError:
     """What taking the largest size under an unreachable-within-2% budget means (a message, not raised; a
     command line renders it with its own flag names)."""
@@ -428,12 +440,8 @@ def prune_to_target(
         plan, smallest, above = _search(planner, kind, step_target, s.global_pruning, progress)
         if plan is None:  # an intermediate budget out of reach: take the smallest plan, later steps go on
             plan = _plan(planner, s.global_pruning, _candidates(planner, s.global_pruning)[-1])
-        if k == s.iterative_steps and planner.cost(plan)[kind] < target * (1 - TOLERANCE):
-            got = planner.cost(plan)[kind]
-            if s.exact:
-                raise _gap(kind, target, got, above)
-            note = _shortfall_note(kind, target, got, above, s)
-            _logger.debug("%s", note.render())
+        if k == s.iterative_steps:
+            note = _shortfall(kind, target, planner.cost(plan)[kind], above, s)
         ratios.append(plan.removed_fraction(planner.groups))
         planner.apply(plan)
         _logger.info("pruning step %d/%d: removed %.1f%% of the remaining channels, %s now %s", k,

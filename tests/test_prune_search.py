@@ -336,9 +336,12 @@ def test_cli_target_as_a_percentage_of_the_source(capsys, source_run: Path, tmp_
     assert code == 0, err
     record = json.loads((out / "prune.json").read_text())
     half = record["macs_before"] // 2
-    assert record["target"] == {"kind": "macs", "value": half, "as_given": "50%", "measured": record["macs_after"],
-                                "missed": False}  # re-measured by fvcore after pruning
-    assert 0.98 * half <= record["macs_after"] <= half
+    target = record["target"]  # re-measured by fvcore after pruning
+    assert (target["kind"], target["value"], target["as_given"], target["measured"]) == (
+        "macs", half, "50%", record["macs_after"])
+    # within 2% under, or (a gap in the sizes this net can build) the nearest size under it, said in a note
+    assert record["macs_after"] <= half and target["missed"] == (record["macs_after"] < 0.98 * half)
+    assert (record["note"] is not None) == target["missed"]
     assert f"target macs: 50% ({half:,})" in stdout
     for bad in ("0%", "100%", "half%", "150%"):
         code, _, err = invoke(main, capsys, source_run, "--target-params", bad, "--out", tmp_path / "never")

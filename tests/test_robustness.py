@@ -30,7 +30,8 @@ FAST = ["--epochs", "2", "--batch-size", "50", "--lr", "0.05", "--device", "cpu"
 # Run the distill CLI, but park the process where it would write its N-th last.pt (or best.pt), after touching
 # a marker file: the test then kills it there with a real SIGKILL.
 _PARKED_DRIVER = """
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even where the test runs in the background
 import distill.rundir as rundir
 calls = {"n": 0}
 method = os.environ.get("PARK_IN", "save_last")
