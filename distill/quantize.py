@@ -14,7 +14,7 @@ data, while quantization calibrates on the run's training images and is judged o
 
 The integer scheme (:data:`SCHEMES`) matters more than anything else on a CPU. Measured on this project's
 78k KD student on an AVX2 CPU without VNNI (docs/RESULTS.md): signed 8-bit activations (``s8s8``,
-onnxruntime's default) ran 2x *slower* than fp32 there; unsigned activations with full 8-bit weights
+onnxruntime's default) ran 1.6-2.3x *slower* than fp32 there; unsigned activations with full 8-bit weights
 (``u8s8``) ran faster but lost 5.8 points to the known saturation of AVX2's ``vpmaddubsw``; with 7-bit
 weights (``u8s8-7bit``, onnxruntime's ``reduce_range``) it lost 0.3 point and ran about 1.3x faster. CPUs with
 VNNI have no saturation and run ``s8s8`` fast. ``auto`` picks ``s8s8`` where this CPU has VNNI and
