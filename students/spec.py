@@ -48,7 +48,7 @@ _HEAD_RE = re.compile(r"^r([0-9]{1,4})$")
 # How a student's convolutions start: kaiming normal over fan-out (He et al. 2015, torchvision's ResNets),
 # PyTorch's own default (kaiming uniform, a=sqrt(5)), or kaiming over fan-in. The default is PyTorch's: at CPU
 # scale (benchmarks/init_ablation.py, 2 seeds, docs/RESULTS.md) the 78k student alone reached 73.09% with it at
-# 5 epochs against 71.85% with kaiming fan-out, the default before 2026-12-08. Stated here, without torch, so
+# 5 epochs against 71.85% with kaiming fan-out, the default before 2026-12-08, and 78.26% against 78.23% at 10. Stated here, without torch, so
 # settings and help texts read them too.
 WEIGHT_INITS = ("kaiming-fan-out", "torch-default", "kaiming-fan-in")
 DEFAULT_WEIGHT_INIT = "torch-default"
