@@ -285,9 +285,9 @@ class RichReporter:
         self.progress.update(self.step_task, completed=step, info=info)
 
     def end_epoch(self, record: dict[str, Any]) -> None:
-        from .rundir import epoch_summary
+        from .rundir import epoch_line
 
-        parts = epoch_summary(record) + [f"{record['train_img_s']:,.0f} img/s", f"{record['seconds']:.1f} s"]
+        parts = epoch_line(record)
         if record.get("mean_of"):  # a sweep's line for all its students: means (speed: their sum)
             parts = [f"mean of {record['mean_of']} students:"] + parts
         self.progress.console.print("  ".join(parts))

@@ -55,7 +55,8 @@ from .losses import build_loss
 from .mixing import BatchMixer, MixConfig
 from .optim import build_optimizer, lr_at, set_lr
 from .batches import Batches, Loaders, check_classes, dataset_batches, loader_batches
-from .rundir import BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, epoch_summary, read_metrics
+from .rundir import (BEST_CKPT, LAST_CKPT, METRICS_FILE, RunDir, RunError, Summary, epoch_line, epoch_summary,
+                     read_metrics)
 from .teacher_cache import (CacheEntry, TeacherOutput, TeacherOutputs, compiles_teacher, eval_key, limit_bytes,
                             stream_key)
 
@@ -135,9 +136,9 @@ class EpochLines(_Silent):
 
     def end_epoch(self, record: dict[str, Any]) -> None:
         total = getattr(self, "epochs", None)
-        line = epoch_summary(record)
+        line = epoch_line(record)
         line[0] = f"epoch {record['epoch']}/{total}" if total else line[0]
-        self._print("  ".join(line + [f"{record['train_img_s']:,.0f} img/s", f"{record['seconds']:.1f} s"]))
+        self._print("  ".join(line))
 
 
 class _Null(_Silent):

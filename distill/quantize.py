@@ -207,7 +207,7 @@ class _Calibration:
 
 
 def _calibration_reader(data: ImageDataset, count: int, seed: int, mean: Sequence[float],
-                        std: Sequence[float]) -> tuple[Any, list[int]]:
+                        std: Sequence[float]) -> Any:
     import torch
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -216,7 +216,7 @@ def _calibration_reader(data: ImageDataset, count: int, seed: int, mean: Sequenc
     batches = [x for x, _ in _batches(data.train_images[picked], data.train_labels[picked], mean, std,
                                       CALIBRATION_BATCH)]
     reader = type("CalibrationReader", (_Calibration, CalibrationDataReader), {})(batches)
-    return reader, picked.tolist()
+    return reader
 
 
 @contextlib.contextmanager
@@ -336,7 +336,7 @@ def _quantize_and_measure(item: Any, data: ImageDataset, mean: tuple, std: tuple
         work = Path(tmp)
         fp32 = export.export_onnx(item.model, work / "model.fp32.onnx", item.input_shape)
         parity = export.check_onnx(fp32, item.model, item.input_shape)
-        reader, _ = _calibration_reader(data, settings.calibration, settings.seed, mean, std)
+        reader = _calibration_reader(data, settings.calibration, settings.seed, mean, std)
         int8 = work / "model.int8.onnx"
         preprocessed = _quantize_file(fp32, int8, reader, settings.method, scheme, work)
         tests = (data.test_images, data.test_labels, mean, std)

@@ -501,6 +501,11 @@ class RunDir:
         return record if full else {k: v for k, v in record.items() if k != "finetune_config"}
 
 
+def epoch_line(record: dict[str, Any]) -> list[str]:
+    """:func:`epoch_summary` plus the epoch's speed and wall time: a progress printer's whole line."""
+    return epoch_summary(record) + [f"{record['train_img_s']:,.0f} img/s", f"{record['seconds']:.1f} s"]
+
+
 def epoch_summary(record: dict[str, Any]) -> list[str]:
     """The parts of one epoch's line that every progress printer shows: epoch, loss and top-1s (percent)."""
     parts = [f"epoch {record['epoch']}", f"loss {record['train_loss']:.3f}", f"train {record['train_top1']:.1f}%"]
